@@ -1,0 +1,35 @@
+"""fdiv: f-divergences in JAX.
+
+Generators (``fdiv.generators``), divergences between categoricals given logits and between
+Gaussians, Monte Carlo / importance-weighted / variational estimators, and property-checking
+helpers for your own generators (``fdiv.testing``). Argument order is always ``(P, Q)``.
+"""
+
+from fdiv import generators, testing
+from fdiv.divergences import (
+    DivergenceTerms,
+    divergence,
+    divergence_terms,
+    gaussian_kl,
+    gaussian_kl_diag,
+    importance_weighted_divergence,
+    monte_carlo_divergence,
+    variational_lower_bound,
+)
+from fdiv.generators import Generator
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DivergenceTerms",
+    "Generator",
+    "divergence",
+    "divergence_terms",
+    "gaussian_kl",
+    "gaussian_kl_diag",
+    "generators",
+    "testing",
+    "importance_weighted_divergence",
+    "monte_carlo_divergence",
+    "variational_lower_bound",
+]

@@ -1,0 +1,166 @@
+"""Small numerically careful building blocks shared by the library (private).
+
+Every helper here is safe at the ends of its domain in value *and* gradient: where a naive
+expression would produce ``0 * inf`` or ``inf - inf`` it uses the double-``where`` pattern, so that
+the branch not taken sees a harmless input and contributes an exact zero to the gradient.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+LOW_PRECISION = (jnp.bfloat16, jnp.float16)
+
+
+def compute_dtype(*arrays) -> jnp.dtype:
+    """The dtype computations run in: float32 for (b)float16 or integer inputs, else the input's."""
+    dtype = jnp.result_type(*arrays)
+    if not jnp.issubdtype(dtype, jnp.floating) or dtype in LOW_PRECISION:
+        return jnp.dtype(jnp.float32)
+    return jnp.dtype(dtype)
+
+
+def output_dtype(*arrays) -> jnp.dtype:
+    """The dtype results are returned in: the inputs' floating dtype (float32 for integers)."""
+    dtype = jnp.result_type(*arrays)
+    return jnp.dtype(dtype) if jnp.issubdtype(dtype, jnp.floating) else jnp.dtype(jnp.float32)
+
+
+def max_log(dtype) -> float:
+    """Largest ``x`` with ``exp(x)`` finite in ``dtype`` (with a small margin)."""
+    return float(np.log(np.finfo(dtype).max)) - 1.0
+
+
+def xexpx(log_u: jax.Array) -> jax.Array:
+    """``u log u`` from ``log u``: ``exp(l) * l``, exactly 0 (value and gradient) at ``l = -inf``."""
+    at_zero = log_u == -jnp.inf
+    safe = jnp.where(at_zero, 0.0, log_u)
+    return jnp.where(at_zero, 0.0, jnp.exp(safe) * safe)
+
+
+def mul0(weight: jax.Array, value: jax.Array) -> jax.Array:
+    """``weight * value`` with ``0 * anything = 0`` (also ``0 * inf``), gradient-safe."""
+    is_zero = weight == 0
+    return jnp.where(is_zero, 0.0, weight * jnp.where(is_zero, 0.0, value))
+
+
+def expm1_over(a: float, x: jax.Array) -> jax.Array:
+    """``expm1(a x) / a``, continuous in the static scalar ``a`` (``x`` at ``a = 0``)."""
+    if a == 0:
+        return x
+    return jnp.expm1(a * x) / a
+
+
+def log1p_over(a: float, x: jax.Array) -> jax.Array:
+    """``log1p(a x) / a``, continuous in the static scalar ``a`` (``x`` at ``a = 0``)."""
+    if a == 0:
+        return x
+    return jnp.log1p(a * x) / a
+
+
+def log_softmax(logits: jax.Array) -> jax.Array:
+    """``log_softmax`` over the last axis that keeps ``-inf`` entries at ``-inf`` and never NaNs.
+
+    A row whose entries are all ``-inf`` (no support) comes back as all ``-inf``: zero mass
+    everywhere, rather than NaN. ``+inf`` logits are not valid input.
+    """
+    peak = jnp.max(logits, axis=-1, keepdims=True)
+    peak = jnp.where(jnp.isfinite(peak), peak, 0.0)
+    shifted = logits - jax.lax.stop_gradient(peak)
+    lse = jnp.log(jnp.sum(jnp.exp(shifted), axis=-1, keepdims=True))
+    return shifted - jnp.where(lse == -jnp.inf, 0.0, lse)
+
+
+@jax.custom_jvp
+def lambertw0(x: jax.Array) -> jax.Array:
+    """Principal branch ``W0(x)`` of the Lambert W function for real ``-1/e <= x <= ~1``.
+
+    Halley iterations from the branch-point series near ``-1/e`` and from ``x`` elsewhere; NaN
+    below ``-1/e``. Used by closed-form conjugates (skew KL); large arguments go through
+    :func:`lambertw0_of_exp` instead.
+    """
+    x = jnp.asarray(x)
+    e = np.e
+    p = jnp.sqrt(jnp.maximum(2.0 * (1.0 + e * x), 0.0))
+    near_branch = p * p < 0.5  # x within ~0.18 of -1/e: the branch-point series is accurate
+    series = -1.0 + p * (1.0 + p * (-1.0 / 3.0 + p * (11.0 / 72.0)))
+    w = jnp.where(near_branch, series, jnp.log1p(jnp.maximum(x, -0.3)))
+    for _ in range(6):
+        ew = jnp.exp(w)
+        residual = w * ew - x
+        wp1 = w + 1.0
+        safe_wp1 = jnp.where(wp1 == 0, 1.0, wp1)
+        denom = ew * safe_wp1 - (w + 2.0) * residual / (2.0 * safe_wp1)
+        step = jnp.where((wp1 == 0) | (denom == 0), 0.0, residual / jnp.where(denom == 0, 1.0, denom))
+        w = w - step
+    return jnp.where(x < -1.0 / e, jnp.nan, w)
+
+
+@lambertw0.defjvp
+def _lambertw0_jvp(primals, tangents):
+    (x,), (dx,) = primals, tangents
+    w = lambertw0(x)
+    # dW/dx = 1 / (exp(W) (1 + W)); infinite at the branch point, as it should be.
+    return w, dx / (jnp.exp(w) * (1.0 + w))
+
+
+def lambertw0_of_exp(c: jax.Array) -> jax.Array:
+    """``log W0(exp(c))`` for any real ``c``: the root ``y`` of ``exp(y) + y = c``.
+
+    Works in log space so ``exp(c)`` never overflows. Newton's method on the convex increasing
+    ``g(y) = exp(y) + y - c`` started right of the root converges monotonically; the derivative
+    follows from the implicit function theorem, ``dy/dc = 1 / (1 + exp(y))``.
+    """
+    return _log_lambertw_exp(c)
+
+
+@jax.custom_jvp
+def _log_lambertw_exp(c):
+    c = jnp.asarray(c)
+    # Root y < min(c, log c): start at c (c <= 1) or log c (c > 1), both right of it.
+    y = jnp.where(c > 1.0, jnp.log(jnp.maximum(c, 1.0)), c)
+    for _ in range(12):
+        ey = jnp.exp(y)
+        y = y - (ey + y - c) / (ey + 1.0)
+    return y
+
+
+@_log_lambertw_exp.defjvp
+def _log_lambertw_exp_jvp(primals, tangents):
+    (c,), (dc,) = primals, tangents
+    y = _log_lambertw_exp(c)
+    return y, dc / (1.0 + jnp.exp(y))
+
+
+def bisect_increasing(fn, target: jax.Array, lo: float, hi: float, iters: int = 64) -> jax.Array:
+    """Elementwise root of the nondecreasing ``fn(y) = target`` on ``[lo, hi]`` by bisection.
+
+    Returns ``lo`` / ``hi`` when the root lies outside. ``iters`` halvings of the bracket.
+    """
+    lo_arr = jnp.full(jnp.shape(target), lo, dtype=target.dtype)
+    hi_arr = jnp.full(jnp.shape(target), hi, dtype=target.dtype)
+
+    def body(_, bracket):
+        a, b = bracket
+        mid = 0.5 * (a + b)
+        below = fn(mid) < target
+        return jnp.where(below, mid, a), jnp.where(below, b, mid)
+
+    a, b = jax.lax.fori_loop(0, iters, body, (lo_arr, hi_arr))
+    return 0.5 * (a + b)
+
+
+def promote(fn):
+    """Decorator for unary array methods: compute in float32 for low precision, return input dtype."""
+
+    @functools.wraps(fn)
+    def wrapper(self, x):
+        x = jnp.asarray(x)
+        out_dtype = output_dtype(x)
+        return fn(self, x.astype(compute_dtype(x))).astype(out_dtype)
+
+    return wrapper
