@@ -95,7 +95,9 @@ def lambertw0(x: jax.Array) -> jax.Array:
         wp1 = w + 1.0
         safe_wp1 = jnp.where(wp1 == 0, 1.0, wp1)
         denom = ew * safe_wp1 - (w + 2.0) * residual / (2.0 * safe_wp1)
-        step = jnp.where((wp1 == 0) | (denom == 0), 0.0, residual / jnp.where(denom == 0, 1.0, denom))
+        step = jnp.where(
+            (wp1 == 0) | (denom == 0), 0.0, residual / jnp.where(denom == 0, 1.0, denom)
+        )
         w = w - step
     return jnp.where(x < -1.0 / e, jnp.nan, w)
 

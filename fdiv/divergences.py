@@ -57,6 +57,20 @@ def _generic_terms(g: gen.Generator, lp, lq) -> DivergenceTerms:
     log_v = jnp.where(below, 0.0, lq - lp)  # <= 0, -inf where q = 0 < p
     p, q = jnp.exp(lp), jnp.exp(lq)
     dual = g.dual
+    if dual == g:
+        # Self-dual f (JS, Hellinger, TV, Jeffreys, triangular ...): f_dual = f, so one evaluation
+        # at log(min(p, q) / max(p, q)) = log_u + log_v serves both branches.
+        log_w = log_u + log_v
+        f_w, fp_w = g._f_normalized(log_w), g._f_prime_normalized(log_w)
+        big, small = jnp.where(below, q, p), jnp.where(below, p, q)
+        term = nx.mul0(big, f_w)
+        d_small = nx.mul0(small, fp_w)  # small * d term / d small
+        d_big = term - d_small
+        dp, dq = jnp.where(below, d_small, d_big), jnp.where(below, d_big, d_small)
+        zero = jnp.zeros_like(term)
+        return DivergenceTerms(
+            jnp.where(both, zero, term), jnp.where(both, zero, dp), jnp.where(both, zero, dq)
+        )
     term_a = nx.mul0(q, g._f_normalized(log_u))
     dp_a = nx.mul0(p, g._f_prime_normalized(log_u))
     term_b = nx.mul0(p, dual._f_normalized(log_v))
@@ -65,7 +79,9 @@ def _generic_terms(g: gen.Generator, lp, lq) -> DivergenceTerms:
     dp = jnp.where(below, dp_a, term_b - dq_b)  # p d/dp [p f_dual(q/p)] = p f_dual - q f_dual'
     dq = jnp.where(below, term_a - dp_a, dq_b)  # q d/dq [q f(p/q)] = q f - p f'
     zero = jnp.zeros_like(term)
-    return DivergenceTerms(jnp.where(both, zero, term), jnp.where(both, zero, dp), jnp.where(both, zero, dq))
+    return DivergenceTerms(
+        jnp.where(both, zero, term), jnp.where(both, zero, dp), jnp.where(both, zero, dq)
+    )
 
 
 def _kl_terms(lp, lq) -> DivergenceTerms:

@@ -331,7 +331,9 @@ class JS(SkewJS):
         self.params = {}
 
     def _f(self, l):
-        return 0.5 * (nx.xexpx(l) - jnp.exp(jnp.logaddexp(l, 0.0)) * (jnp.logaddexp(l, 0.0) - _LOG2))
+        return 0.5 * (
+            nx.xexpx(l) - jnp.exp(jnp.logaddexp(l, 0.0)) * (jnp.logaddexp(l, 0.0) - _LOG2)
+        )
 
     def _f_prime(self, l):
         return 0.5 * (l + _LOG2 - jnp.logaddexp(l, 0.0))
@@ -341,7 +343,9 @@ class JS(SkewJS):
 
     def _conjugate(self, t):
         inside = t < 0.5 * _LOG2
-        return jnp.where(inside, -0.5 * jnp.log(2.0 - jnp.exp(2.0 * jnp.where(inside, t, 0.0))), jnp.inf)
+        return jnp.where(
+            inside, -0.5 * jnp.log(2.0 - jnp.exp(2.0 * jnp.where(inside, t, 0.0))), jnp.inf
+        )
 
     @property
     def dual(self):
@@ -603,7 +607,9 @@ class GAN(Generator):
 def _check_lam(name, lam):
     lam = float(lam)
     if not 0.0 <= lam < 1.0:
-        raise ValueError(f"{name}: lam must be in [0, 1), got {lam} (lam = 1 is the zero divergence)")
+        raise ValueError(
+            f"{name}: lam must be in [0, 1), got {lam} (lam = 1 is the zero divergence)"
+        )
     return lam
 
 
@@ -792,7 +798,9 @@ def from_function(
     """
     at_one = float(fn(jnp.float32(1.0)))
     if not abs(at_one) <= 1e-6:
-        raise ValueError(f"from_function: f(1) must be 0 for an f-divergence generator, got {at_one}")
+        raise ValueError(
+            f"from_function: f(1) must be 0 for an f-divergence generator, got {at_one}"
+        )
     slope_one = float(jax.grad(lambda u: jnp.sum(fn(u)))(jnp.float32(1.0)))
     return FromFunction(
         fn,
@@ -868,4 +876,3 @@ def resolve(name_or_generator: str | Generator) -> Generator:
     if isinstance(name_or_generator, Generator):
         return name_or_generator
     return get(name_or_generator)
-

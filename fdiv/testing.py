@@ -76,7 +76,11 @@ def check_convex(g: gen.Generator, log_u: ArrayLike | None = None, *, tol: float
         drops = np.diff(fp) < -tol * (1.0 + np.abs(fp[1:]))
         if drops.any():
             i = int(np.argmax(drops))
-            _fail("f' nondecreasing", g, f"f'({u[i]:.4g}) = {fp[i]:.6g} > f'({u[i + 1]:.4g}) = {fp[i + 1]:.6g}")
+            _fail(
+                "f' nondecreasing",
+                g,
+                f"f'({u[i]:.4g}) = {fp[i]:.6g} > f'({u[i + 1]:.4g}) = {fp[i + 1]:.6g}",
+            )
         h = np.asarray(g.weight(jnp.asarray(grid)))
         if (h < -tol).any():
             i = int(np.argmin(h))
@@ -100,7 +104,11 @@ def check_derivatives(
             err = np.abs(got - want) - (atol + rtol * np.abs(want))
             if (err > 0).any():
                 i = int(np.argmax(err))
-                _fail(f"{what} matches autodiff", g, f"at u={float(u[i]):.4g}: {got[i]:.10g} vs {want[i]:.10g}")
+                _fail(
+                    f"{what} matches autodiff",
+                    g,
+                    f"at u={float(u[i]):.4g}: {got[i]:.10g} vs {want[i]:.10g}",
+                )
 
 
 def check_fenchel_young(
@@ -122,12 +130,18 @@ def check_fenchel_young(
         scale = 1.0 + np.abs(f[:, None]) + np.abs(u[:, None] * ts[None, :])
         if (gap < -tol * scale).any():
             i, j = np.unravel_index(np.argmin(gap / scale), gap.shape)
-            _fail("Fenchel-Young f(u) + f*(t) >= u t", g, f"gap {gap[i, j]:.3g} at u={u[i]:.4g}, t={ts[j]:.4g}")
+            _fail(
+                "Fenchel-Young f(u) + f*(t) >= u t",
+                g,
+                f"gap {gap[i, j]:.3g} at u={u[i]:.4g}, t={ts[j]:.4g}",
+            )
         at_slope = f + np.asarray(g.conjugate(jnp.asarray(fp))) - u * fp
         scale = 1.0 + np.abs(f) + np.abs(u * fp)
         if (np.abs(at_slope) > tol * 10 * scale).any():
             i = int(np.argmax(np.abs(at_slope) / scale))
-            _fail("Fenchel-Young equality at t = f'(u)", g, f"gap {at_slope[i]:.3g} at u={u[i]:.4g}")
+            _fail(
+                "Fenchel-Young equality at t = f'(u)", g, f"gap {at_slope[i]:.3g} at u={u[i]:.4g}"
+            )
 
 
 def check_dual(g: gen.Generator, log_u: ArrayLike | None = None, *, rtol: float = 1e-9) -> None:
@@ -140,7 +154,11 @@ def check_dual(g: gen.Generator, log_u: ArrayLike | None = None, *, rtol: float 
         err = np.abs(got - want) - rtol * (1.0 + np.abs(want))
         if (err > 0).any():
             i = int(np.argmax(err))
-            _fail("dual f(v) = v f(1/v)", g, f"at v={np.exp(grid[i]):.4g}: {got[i]:.10g} vs {want[i]:.10g}")
+            _fail(
+                "dual f(v) = v f(1/v)",
+                g,
+                f"at v={np.exp(grid[i]):.4g}: {got[i]:.10g} vs {want[i]:.10g}",
+            )
         back = np.asarray(g.dual.dual.f(lv))
         if not np.allclose(back, np.asarray(g.f(lv)), rtol=rtol, atol=rtol):
             _fail("dual of dual is f", g, "g.dual.dual.f differs from g.f")

@@ -1,0 +1,64 @@
+"""Shared timing and memory measurement for the benchmark scripts.
+
+Time: median wall time of a jitted function over repeats after one warm-up call (compile excluded),
+synchronised with ``block_until_ready``.
+
+Memory, two views:
+- ``temp_bytes``: XLA's own count of temporary buffers for the compiled computation
+  (``compiled.memory_analysis().temp_size_in_bytes``): exact and deterministic.
+- ``extra_rss``: peak resident memory of a fresh child process that runs the computation, minus
+  that of a child that only creates the same inputs and an output of the gradient's size. This is
+  what a user sees, including allocator effects.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import jax
+
+
+def time_call(fn, *args, repeats: int = 5) -> float:
+    """Median seconds per call of ``fn(*args)`` (already jitted), after a warm-up call."""
+    jax.block_until_ready(fn(*args))
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def temp_bytes(fn, *args) -> int:
+    """XLA temporary-buffer bytes of ``jax.jit(fn)`` compiled for ``args``."""
+    compiled = jax.jit(fn).lower(*args).compile()
+    stats = compiled.memory_analysis()
+    return int(stats.temp_size_in_bytes) if stats is not None else -1
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size in bytes (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def run_child(module: str, variant: str, *extra: str) -> dict:
+    """Run ``python -m module --child variant extra...`` and parse the JSON line it prints last."""
+    env = dict(os.environ)
+    out = subprocess.run(
+        [sys.executable, "-m", module, "--child", variant, *extra],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def fmt_bytes(n: float) -> str:
+    return f"{n / 2**20:,.0f} MiB"
