@@ -10,7 +10,6 @@ import functools
 import math
 from typing import NamedTuple
 
-import chex
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
@@ -263,16 +262,20 @@ def gaussian_kl(
       ``[...]`` the KL per example.
     """
     mean_p, cov_p, mean_q, cov_q = (jnp.asarray(a) for a in (mean_p, cov_p, mean_q, cov_q))
-    chex.assert_rank([mean_p, cov_p], [mean_p.ndim, mean_p.ndim + 1])
+    dim = mean_p.shape[-1]
+    if mean_q.shape[-1] != dim or any(c.shape[-2:] != (dim, dim) for c in (cov_p, cov_q)):
+        raise ValueError(
+            f"gaussian_kl: means must be [..., d] and covariances [..., d, d] with one d; got "
+            f"{mean_p.shape}, {cov_p.shape}, {mean_q.shape}, {cov_q.shape}"
+        )
+    batch = jnp.broadcast_shapes(
+        mean_p.shape[:-1], mean_q.shape[:-1], cov_p.shape[:-2], cov_q.shape[:-2]
+    )
     out_dtype = nx.output_dtype(mean_p, cov_p, mean_q, cov_q)
     dtype = nx.compute_dtype(mean_p, cov_p, mean_q, cov_q)
-    mean_p, cov_p, mean_q, cov_q = (a.astype(dtype) for a in (mean_p, cov_p, mean_q, cov_q))
-    dim = mean_p.shape[-1]
-    chol_p = jnp.linalg.cholesky(cov_p)
-    chol_q = jnp.linalg.cholesky(cov_q)
-    shape = jnp.broadcast_shapes(chol_p.shape, chol_q.shape)
-    chol_p, chol_q = jnp.broadcast_to(chol_p, shape), jnp.broadcast_to(chol_q, shape)
-    diff = jnp.broadcast_to(mean_q - mean_p, shape[:-1])
+    chol_p = jnp.broadcast_to(jnp.linalg.cholesky(cov_p.astype(dtype)), (*batch, dim, dim))
+    chol_q = jnp.broadcast_to(jnp.linalg.cholesky(cov_q.astype(dtype)), (*batch, dim, dim))
+    diff = jnp.broadcast_to((mean_q - mean_p).astype(dtype), (*batch, dim))
     solved = jax.scipy.linalg.solve_triangular(chol_q, chol_p, lower=True)
     maha = jax.scipy.linalg.solve_triangular(chol_q, diff[..., None], lower=True)[..., 0]
     trace = jnp.sum(jnp.square(solved), axis=(-2, -1))
