@@ -109,12 +109,77 @@ def _js_terms(lp, lq) -> DivergenceTerms:
     return DivergenceTerms(dp + dq, dp, dq)
 
 
-_FAST_PATHS = {gen.KL: _kl_terms, gen.ReverseKL: _reverse_kl_terms, gen.JS: _js_terms}
+def _log_abs_expm1(x):
+    """``log |expm1(x)|`` without overflow for large ``x`` (``-inf`` at 0)."""
+    pos = x > 0
+    return jnp.where(
+        pos,
+        x + jnp.log(-jnp.expm1(-jnp.where(pos, x, 1.0))),
+        jnp.log(-jnp.expm1(jnp.where(pos, -1.0, x))),
+    )
+
+
+def _power_terms(a: float, lp, lq) -> DivergenceTerms:
+    """Alpha-divergence terms (Pearson = 2 alpha(2), Neyman = 2 alpha(-1)) exact at extreme ratios.
+
+    The generic rule multiplies ``q`` by ``f'(v)``, which for power generators overflows long
+    before the product does (``q / v^2 = p^2 / q`` is finite at ``p/q = e^50`` in float32, ``1/v^2``
+    is not). Where ``|log(p/q)|`` exceeds a threshold the terms are formed in log space instead:
+    ``q u^a = exp(a log p + (1 - a) log q)``, ``p f'(u) = p expm1((a - 1) d) / (a - 1)`` with
+    ``d = log(p/q)``; below it (where those forms would cancel) the generic rule is exact.
+    """
+    generic = _generic_terms(gen.Alpha(a), lp, lq)
+    both = (lp == -jnp.inf) & (lq == -jnp.inf)
+    lp = jnp.where(both, 0.0, lp)
+    lq = jnp.where(both, 0.0, lq)
+    d = lp - lq
+    far = jnp.abs(d) > min(20.0, 40.0 / max(abs(a), abs(a - 1.0)))
+    p, q = jnp.exp(lp), jnp.exp(lq)
+    log_q_ua = jnp.where(lp == -jnp.inf, -jnp.inf, a * lp) + jnp.where(
+        lq == -jnp.inf, -jnp.inf, (1.0 - a) * lq
+    )
+    if a < 0:  # p = 0 < q: q u^a = +inf; q = 0 < p: 0
+        log_q_ua = jnp.where(lp == -jnp.inf, jnp.inf, jnp.where(lq == -jnp.inf, -jnp.inf, log_q_ua))
+    elif a > 1:  # q = 0 < p: +inf
+        log_q_ua = jnp.where(lq == -jnp.inf, jnp.inf, log_q_ua)
+    term = (jnp.exp(log_q_ua) - q - a * (p - q)) / (a * (a - 1.0))
+    x = (a - 1.0) * jnp.where(far, d, 1.0)
+    dp = jnp.where(lp == -jnp.inf, 0.0, jnp.sign(x) * jnp.exp(lp + _log_abs_expm1(x)) / (a - 1.0))
+    use = far & ~both
+    return DivergenceTerms(
+        jnp.where(use, term, generic.term),
+        jnp.where(use, dp, generic.dp),
+        jnp.where(use, term - dp, generic.dq),
+    )
+
+
+def _scaled(scale: float, terms: DivergenceTerms) -> DivergenceTerms:
+    return DivergenceTerms(*(scale * t for t in terms))
+
+
+def _fast_path(g: gen.Generator):
+    """Closed-form per-class terms for generators that have them, else ``None``."""
+    kind = type(g)
+    if kind is gen.KL:
+        return _kl_terms
+    if kind is gen.ReverseKL:
+        return _reverse_kl_terms
+    if kind is gen.JS:
+        return _js_terms
+    if kind is gen.Pearson:
+        return lambda lp, lq: _scaled(2.0, _power_terms(2.0, lp, lq))
+    if kind is gen.Neyman:
+        return lambda lp, lq: _scaled(2.0, _power_terms(-1.0, lp, lq))
+    # Near a = 0 or 1 the power form cancels, and the generic rule only overflows at
+    # |log(p/q)| > 88 / |a - 1| or 88 / |a|: keep the generic rule there.
+    if kind is gen.Alpha and min(abs(g.alpha), abs(1.0 - g.alpha)) >= 0.05:
+        return functools.partial(_power_terms, g.alpha)
+    return None
 
 
 def divergence_terms(g: gen.Generator, log_p: jax.Array, log_q: jax.Array) -> DivergenceTerms:
     """Per-class terms of ``D_f`` for normalised log-probabilities (see :class:`DivergenceTerms`)."""
-    fast = _FAST_PATHS.get(type(g))
+    fast = _fast_path(g)
     return fast(log_p, log_q) if fast is not None else _generic_terms(g, log_p, log_q)
 
 

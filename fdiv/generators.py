@@ -53,7 +53,9 @@ class Generator:
     """Base class of an f-divergence generator; subclasses implement the private ``_`` methods.
 
     Public methods take log arguments (``log_u``, ``log_r``) or the conjugate variable ``t`` as
-    arrays of any shape and act elementwise; bfloat16/float16 inputs are computed in float32 and
+    arrays of any shape and act elementwise. ``log_u`` ranges over ``[-inf, +inf)``: ``-inf`` gives
+    the limit at ``u = 0``; the limit ``u -> inf`` is the dual's value at 0 (``g.dual.f(-inf)`` is
+    ``f'(inf) = lim f(u)/u``), so ``+inf`` is not a valid argument; bfloat16/float16 inputs are computed in float32 and
     returned in the input dtype.
 
     Attributes:
@@ -65,8 +67,8 @@ class Generator:
     name: str = "generator"
     f_prime_at_one: float = 0.0
 
-    def __init__(self, **params: float):
-        self.params = dict(params)
+    def __init__(self):
+        self.params: dict = {}
 
     # -- identity: generators are static (hashable) configuration, usable as jit static args --
     def _key(self):
@@ -100,8 +102,8 @@ class Generator:
 
     @promote
     def f_double_prime(self, log_u):
-        """``f''(u) = h(u) / u^2`` evaluated from ``log u``."""
-        return self._weight(log_u) * jnp.exp(-2.0 * log_u)
+        """``f''(u)`` evaluated from ``log u`` (``h(u) / u^2``, in closed form where catalogued)."""
+        return self._f_double_prime(log_u)
 
     @promote
     def conjugate(self, t):
@@ -131,6 +133,9 @@ class Generator:
     def _slope_at_infinity(self, like):
         """``f'(inf) = lim f(u)/u``, which is ``dual.f(0+)``, shaped like ``like``."""
         return self.dual._f(jnp.full_like(like, -jnp.inf))
+
+    def _f_double_prime(self, log_u):
+        return self._weight(log_u) * jnp.exp(-2.0 * log_u)
 
     # -- to implement --
     def _f(self, log_u):
@@ -178,8 +183,8 @@ class _Dual(Generator):
         return jnp.where(at_zero, -jnp.inf, value)
 
     def _weight(self, log_r):
-        # h_dual(r) = r^2 * (1/r^3) f''(1/r) = h(1/r) / r
-        return self.base._weight(-log_r) * jnp.exp(-log_r)
+        # f_dual''(v) = f''(1/v) / v^3, so h_dual(r) = f''(1/r) / r = r h(1/r)
+        return self.base._weight(-log_r) * jnp.exp(log_r)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -201,6 +206,9 @@ class KL(Generator):
 
     def _f_prime(self, l):
         return l + 1.0
+
+    def _f_double_prime(self, l):
+        return jnp.exp(-l)
 
     def _weight(self, l):
         return jnp.exp(l)
@@ -227,6 +235,9 @@ class ReverseKL(Generator):
 
     def _f_prime(self, l):
         return -jnp.exp(-l)
+
+    def _f_double_prime(self, l):
+        return jnp.exp(-2.0 * l)
 
     def _weight(self, l):
         return jnp.ones_like(l)
@@ -266,7 +277,8 @@ class SkewJS(Generator):
                 f"skew_js: beta must be in (0, 1), got {beta} (the unnormalised form is identically "
                 "0 at the ends; use normalize=True for the KL limits)"
             )
-        super().__init__(beta=beta, normalize=bool(normalize))
+        super().__init__()
+        self.params = {"beta": beta, "normalize": bool(normalize)}
         self.beta = beta
         self.scale = 1.0 / (beta * (1.0 - beta)) if normalize and 0 < beta < 1 else 1.0
         self.normalize = bool(normalize)
@@ -285,16 +297,31 @@ class SkewJS(Generator):
             return KL()._f(l) - jnp.expm1(l)
         if self.normalize and b == 1:
             return ReverseKL()._f(l) + jnp.expm1(l)
-        return (b * nx.xexpx(l) - nx.xexpx(self._log_m(l))) * self.scale
+        # beta u log u - m log m = -beta u log(m/u) - (1 - beta) log m, with
+        # log(m/u) = logaddexp(log beta, log(1 - beta) - l) formed without cancelling at large u.
+        log_m_over_u = self._log_m_over_u(l)
+        value = -b * nx.mul0(jnp.exp(l), log_m_over_u) - (1.0 - b) * self._log_m(l)
+        return value * self.scale
+
+    def _log_m_over_u(self, l):
+        b = self.beta
+        return jnp.logaddexp(math.log(b), math.log1p(-b) - l)
 
     def _f_prime(self, l):
         b = self.beta
         if self.normalize and b in (0.0, 1.0):
             return l if b == 0 else -jnp.expm1(-l)
-        return b * (l - self._log_m(l)) * self.scale
+        return -b * self._log_m_over_u(l) * self.scale
+
+    def _f_double_prime(self, l):
+        b = self.beta
+        k = 1.0 if self.normalize else b * (1.0 - b)
+        return k * jnp.exp(-l - self._log_m(l))
 
     def _weight(self, l):
         b = self.beta
+        if self.normalize and b == 1:
+            return jnp.ones_like(l)
         k = 1.0 if self.normalize else b * (1.0 - b)
         return k * jnp.exp(l - self._log_m(l))
 
@@ -328,15 +355,13 @@ class JS(SkewJS):
 
     def __init__(self):
         super().__init__(beta=0.5)
-        self.params = {}
-
-    def _f(self, l):
-        return 0.5 * (
-            nx.xexpx(l) - jnp.exp(jnp.logaddexp(l, 0.0)) * (jnp.logaddexp(l, 0.0) - _LOG2)
-        )
+        self.params = {}  # the name says it all
 
     def _f_prime(self, l):
         return 0.5 * (l + _LOG2 - jnp.logaddexp(l, 0.0))
+
+    def _f_double_prime(self, l):
+        return 0.5 * jnp.exp(-l - jax.nn.softplus(l))
 
     def _weight(self, l):
         return 0.5 * jax.nn.sigmoid(l)
@@ -367,6 +392,9 @@ class SquaredHellinger(Generator):
     def _f_prime(self, l):
         return -jnp.expm1(-0.5 * l)
 
+    def _f_double_prime(self, l):
+        return 0.5 * jnp.exp(-1.5 * l)
+
     def _weight(self, l):
         return 0.5 * jnp.exp(0.5 * l)
 
@@ -394,6 +422,9 @@ class TotalVariation(Generator):
     def _f_prime(self, l):
         return 0.5 * jnp.sign(l)
 
+    def _f_double_prime(self, l):
+        return jnp.zeros_like(l)
+
     def _weight(self, l):
         return jnp.zeros_like(l)
 
@@ -420,6 +451,9 @@ class Pearson(Generator):
     def _f_prime(self, l):
         return 2.0 * jnp.expm1(l)
 
+    def _f_double_prime(self, l):
+        return jnp.full_like(l, 2.0)
+
     def _weight(self, l):
         return 2.0 * jnp.exp(2.0 * l)
 
@@ -445,6 +479,9 @@ class Neyman(Generator):
 
     def _f_prime(self, l):
         return -jnp.expm1(-2.0 * l)
+
+    def _f_double_prime(self, l):
+        return 2.0 * jnp.exp(-3.0 * l)
 
     def _weight(self, l):
         return 2.0 * jnp.exp(-l)
@@ -474,6 +511,9 @@ class Jeffreys(Generator):
 
     def _f_prime(self, l):
         return l - jnp.expm1(-l)
+
+    def _f_double_prime(self, l):
+        return jnp.exp(-l) + jnp.exp(-2.0 * l)
 
     def _weight(self, l):
         return jnp.exp(l) + 1.0
@@ -508,6 +548,9 @@ class Triangular(Generator):
     def _f_prime(self, l):
         return 1.0 - 4.0 * jnp.square(jax.nn.sigmoid(-l))
 
+    def _f_double_prime(self, l):
+        return 8.0 * jax.nn.sigmoid(-l) ** 3
+
     def _weight(self, l):
         return 8.0 * jnp.square(jax.nn.sigmoid(l)) * jax.nn.sigmoid(-l)
 
@@ -538,7 +581,8 @@ class Alpha(Generator):
         alpha = float(alpha)
         if not math.isfinite(alpha):
             raise ValueError(f"alpha: alpha must be a finite real number, got {alpha}")
-        super().__init__(alpha=alpha)
+        super().__init__()
+        self.params = {"alpha": alpha}
         self.alpha = alpha
 
     def _f(self, l):
@@ -561,8 +605,11 @@ class Alpha(Generator):
     def _f_prime(self, l):
         return nx.expm1_over(self.alpha - 1.0, l)
 
+    def _f_double_prime(self, l):
+        return jnp.ones_like(l) if self.alpha == 2 else jnp.exp((self.alpha - 2.0) * l)
+
     def _weight(self, l):
-        return jnp.exp(self.alpha * l)
+        return jnp.ones_like(l) if self.alpha == 0 else jnp.exp(self.alpha * l)
 
     def _conjugate(self, t):
         a = self.alpha
@@ -592,6 +639,9 @@ class GAN(Generator):
 
     def _f_prime(self, l):
         return l + _LOG2 - jnp.logaddexp(l, 0.0)
+
+    def _f_double_prime(self, l):
+        return jnp.exp(-l - jax.nn.softplus(l))
 
     def _weight(self, l):
         return jax.nn.sigmoid(l)
@@ -625,7 +675,8 @@ class SkewKL(Generator):
 
     def __init__(self, lam: float = 0.1):
         lam = _check_lam("skew_kl", lam)
-        super().__init__(lam=lam)
+        super().__init__()
+        self.params = {"lam": lam}
         self.lam = lam
         self.f_prime_at_one = 1.0 - lam
 
@@ -642,6 +693,9 @@ class SkewKL(Generator):
     def _f_prime(self, l):
         log_ratio = l - self._log_m(l)
         return log_ratio + 1.0 - self.lam * jnp.exp(log_ratio)
+
+    def _f_double_prime(self, l):
+        return (1.0 - self.lam) ** 2 * jnp.exp(-l - 2.0 * self._log_m(l))
 
     def _weight(self, l):
         return (1.0 - self.lam) ** 2 * jnp.exp(l - 2.0 * self._log_m(l))
@@ -675,7 +729,8 @@ class SkewReverseKL(Generator):
 
     def __init__(self, lam: float = 0.1):
         lam = _check_lam("skew_reverse_kl", lam)
-        super().__init__(lam=lam)
+        super().__init__()
+        self.params = {"lam": lam}
         self.lam = lam
         self.f_prime_at_one = -(1.0 - lam)
 
@@ -691,7 +746,12 @@ class SkewReverseKL(Generator):
     def _f_prime(self, l):
         return -(1.0 - self.lam) * jnp.exp(-self._log_m(l))
 
+    def _f_double_prime(self, l):
+        return (1.0 - self.lam) ** 2 * jnp.exp(-2.0 * self._log_m(l))
+
     def _weight(self, l):
+        if self.lam == 0:
+            return jnp.ones_like(l)
         return (1.0 - self.lam) ** 2 * jnp.exp(2.0 * (l - self._log_m(l)))
 
     def _conjugate(self, t):

@@ -196,13 +196,19 @@ def generator(name, params):
     return fdiv.generators.get(name, **params) if params else name
 
 
-def random_logits(seed, shape=(4, 9), scale=1.5):
+# One [B, V] shape for most tests: eager JAX compiles each primitive once per shape and dtype, so
+# sharing the shape keeps the file fast.
+SHAPE = (6, 6)
+
+
+def random_logits(seed, shape=SHAPE, scale=1.5):
     rng = np.random.default_rng(seed)
     return rng.normal(size=shape) * scale, rng.normal(size=shape) * scale
 
 
 def as_f64(x) -> np.ndarray:
-    return np.asarray(jnp.asarray(x).astype(jnp.float32), np.float64)
+    """The exact values of a (possibly low-precision) array, in float64."""
+    return np.asarray(x).astype(np.float64)
 
 
 def value_and_grads(g, p, q, **kwargs):
@@ -239,7 +245,7 @@ def test_values_match_numpy_float64(name, params):
     with jax.enable_x64(True):
         got = fdiv.divergence(generator(name, params), jnp.asarray(p), jnp.asarray(q))
         assert got.dtype == jnp.float64
-        assert got.shape == (4,)
+        assert got.shape == SHAPE[:1]
         got = np.asarray(got)
     np.testing.assert_allclose(got, ref_from_logits(name, p, q, **params), rtol=1e-9)
 
@@ -258,7 +264,7 @@ def test_values_match_numpy_float32(name, params):
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_kl_and_js_match_scipy(dtype):
     """Reference: scipy.special.rel_entr (KL) and scipy.spatial.distance.jensenshannon**2 (JS)."""
-    p, q = random_logits(2, shape=(5, 7))
+    p, q = random_logits(2)
     rtol = 1e-9 if dtype == "float64" else 1e-4
     with jax.enable_x64(dtype == "float64"):
         pj, qj = jnp.asarray(p, dtype), jnp.asarray(q, dtype)
@@ -276,7 +282,7 @@ def test_kl_and_js_match_scipy(dtype):
 def test_skew_divergences_match_scipy_mixture_forms(lam):
     """Reference: rel_entr on mixtures: skew_kl = KL(P || lam P + (1-lam) Q), skew_reverse_kl =
     KL(Q || lam Q + (1-lam) P), skew_js(beta) = beta KL(P || M) + (1-beta) KL(Q || M)."""
-    p, q = random_logits(3, shape=(3, 6))
+    p, q = random_logits(3)
     P, Q = np_softmax(p), np_softmax(q)
     beta = 0.3
     M = beta * P + (1 - beta) * Q
@@ -368,8 +374,27 @@ DISJOINT_BOUNDED = {
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_disjoint_supports(dtype):
     """Reference: hand computations (bounded generators hit their maximum, the others are +inf)."""
-    p = np.array([[0.0, 1.0, -np.inf, -np.inf, -np.inf], [-np.inf, -np.inf, -np.inf, 2.0, -3.0]])
-    q = np.array([[-np.inf, -np.inf, 0.0, 2.0, -1.0], [0.5, 0.0, -np.inf, -np.inf, -np.inf]])
+    x = -np.inf
+    p = np.array(
+        [
+            [0.0, 1.0, x, x, x, x],
+            [x, x, x, 2.0, -3.0, x],
+            [x, x, x, x, x, 0.0],
+            [3.0, x, 3.0, x, 3.0, x],
+            [0.0, x, x, x, x, x],
+            [x, 5.0, -2.0, x, x, x],
+        ]
+    )
+    q = np.array(
+        [
+            [x, x, 0.0, 2.0, -1.0, x],
+            [0.5, 0.0, x, x, x, 1.0],
+            [0.0, 0.0, 0.0, 0.0, 0.0, x],
+            [x, 1.0, x, 1.0, x, 1.0],
+            [x, 0.0, x, x, x, x],
+            [x, x, x, 0.0, x, 0.0],
+        ]
+    )
     rtol = 1e-12 if dtype == "float64" else 1e-6
     with jax.enable_x64(dtype == "float64"):
         pj, qj = jnp.asarray(p, dtype), jnp.asarray(q, dtype)
@@ -424,118 +449,21 @@ def test_zero_probability_gradients(name, params):
 def test_all_neg_inf_rows_are_zero_mass():
     """A row of all -inf logits is zero mass: no NaN (values or gradients), never negative, and
     a row empty in both P and Q contributes exactly 0 (hand computation)."""
-    full = np.array([0.5, -1.0, 2.0, 0.0])
-    empty = np.full(4, -np.inf)
-    p = np.stack([empty, full, empty])
-    q = np.stack([full, empty, empty])
+    full = np.array([0.5, -1.0, 2.0, 0.0, 1.0, -0.5])
+    part = np.array([0.5, -np.inf, 2.0, -np.inf, 1.0, -0.5])
+    empty = np.full(6, -np.inf)
+    p = np.stack([empty, full, empty, empty, part, empty])
+    q = np.stack([full, empty, empty, part, empty, empty])
     for name in EXPECTED_NAMES:
         values, (gp, gq) = value_and_grads(name, jnp.asarray(p, jnp.float32), jnp.asarray(q))
         values = np.asarray(values)
         assert not np.isnan(values).any(), (name, values)
         assert np.all(values >= 0.0), (name, values)
-        assert values[2] == 0.0, (name, values)
+        assert values[2] == 0.0 and values[5] == 0.0, (name, values)
         for b in np.flatnonzero(np.isfinite(values)):
             assert not np.isnan(np.asarray(gp)[b]).any() and not np.isnan(np.asarray(gq)[b]).any()
-        assert np.all(np.asarray(gp)[2] == 0.0) and np.all(np.asarray(gq)[2] == 0.0), name
-
-
-# ------------------------------------------------------------------------------------------------
-# 3. Hostile logits (hypothesis).
-# ------------------------------------------------------------------------------------------------
-
-HOSTILE = (1e4, -1e4, -np.inf, 0.0, 1.0, -2.5, 30.0, -30.0, 88.0, -104.0)
-B, V = 5, 6
-
-# Upper bounds of the bounded generators at their default parameters: f(0+) + lim f(u)/u.
-BOUNDS = dict(DISJOINT_BOUNDED)
-# Unbounded generators: which support inclusion makes them finite; "pow" ones are power-type
-# (they can exceed the float range on a shared support: checked only for modest log-ratios).
-SUPPORT_RULES = {
-    "kl": ("p_in_q", False),
-    "reverse_kl": ("q_in_p", False),
-    "jeffreys": ("equal", False),
-    "pearson": ("p_in_q", True),
-    "neyman": ("q_in_p", True),
-}
-# Log-ratios up to ~80 are where the library documents overflow-free evaluation in float32.
-MODEST_LOG_RATIO = 75.0
-# A class counts as "surely present" when its log-probability is far from float32 underflow.
-PRESENT_LOG_PROB = -80.0
-
-
-def test_hostile_rules_cover_every_name():
-    assert sorted(set(BOUNDS) | set(SUPPORT_RULES)) == EXPECTED_NAMES
-
-
-@st.composite
-def hostile_logit_pairs(draw):
-    elements = st.one_of(st.sampled_from(HOSTILE), st.floats(-20, 20, width=32))
-    p = draw(hnp.arrays(np.float32, (B, V), elements=elements))
-    q = draw(hnp.arrays(np.float32, (B, V), elements=elements))
-    for b in range(B):
-        mode = draw(st.sampled_from(["free", "same", "same_support", "one_hot"]))
-        if mode == "same":
-            q[b] = p[b]
-        elif mode == "same_support":
-            q[b] = np.where(np.isfinite(p[b]), q[b], -np.inf)
-            q[b] = np.where(np.isfinite(p[b]) & np.isneginf(q[b]), 1e4, q[b])
-        elif mode == "one_hot":
-            p[b] = -1e4
-            p[b, draw(st.integers(0, V - 1))] = 1e4
-        for x in (p, q):
-            if not np.isfinite(x[b]).any():
-                x[b, draw(st.integers(0, V - 1))] = draw(st.sampled_from([0.0, 1e4, -1e4]))
-    return p, q
-
-
-def _expected_finiteness(name, lp, lq):
-    """Rows that must be finite and rows that must be +inf, from float64 log-probabilities."""
-    if name in BOUNDS:
-        return np.ones(len(lp), bool), np.zeros(len(lp), bool)
-    rule, power = SUPPORT_RULES[name]
-    fp, fq = np.isfinite(lp), np.isfinite(lq)
-    p_out = fp & ~fq  # P has mass where Q has none
-    q_out = fq & ~fp
-    bad = {"p_in_q": p_out, "q_in_p": q_out, "equal": p_out | q_out}[rule]
-    must_finite = ~bad.any(-1)
-    if power:
-        with np.errstate(invalid="ignore"):
-            gap = np.where(fp & fq, np.abs(lp - lq), 0.0)
-        must_finite &= gap.max(-1) <= MODEST_LOG_RATIO
-    surely_p = p_out & (lp > PRESENT_LOG_PROB)
-    surely_q = q_out & (lq > PRESENT_LOG_PROB)
-    surely_bad = {"p_in_q": surely_p, "q_in_p": surely_q, "equal": surely_p | surely_q}[rule]
-    return must_finite, surely_bad.any(-1)
-
-
-@settings(max_examples=25, deadline=None)
-@given(hostile_logit_pairs())
-def test_hostile_logits(pair):
-    """No NaN, never negative, finite where the true value is finite (support rules and hand
-    bounds), +inf where P (or Q) surely has mass the other lacks, finite gradients."""
-    p, q = pair
-    for dtype in (jnp.float32, jnp.bfloat16):
-        pj, qj = jnp.asarray(p, dtype), jnp.asarray(q, dtype)
-        lp, lq = np_log_softmax(as_f64(pj)), np_log_softmax(as_f64(qj))
-        for name in EXPECTED_NAMES:
-            values, (gp, gq) = jitted_value_and_grads(name)(pj, qj)
-            assert values.dtype == dtype and gp.dtype == dtype and gq.dtype == dtype
-            v = np.asarray(values.astype(jnp.float32), np.float64)
-            gp = np.asarray(gp.astype(jnp.float32))
-            gq = np.asarray(gq.astype(jnp.float32))
-            msg = f"{name} {jnp.dtype(dtype).name}\np={p}\nq={q}\nvalues={v}"
-            assert not np.isnan(v).any(), msg
-            assert np.all(v >= -1e-6), msg
-            must_finite, must_inf = _expected_finiteness(name, lp, lq)
-            assert np.isfinite(v[must_finite]).all(), msg
-            assert np.all(v[must_inf] == np.inf), msg
-            if name in BOUNDS:
-                slack = 1e-2 if dtype == jnp.bfloat16 else 1e-5
-                assert np.all(v <= BOUNDS[name] * (1 + slack) + slack), msg
-            rows = np.isfinite(v) & (v < 1e30)
-            assert np.isfinite(gp[rows]).all() and np.isfinite(gq[rows]).all(), msg
-            assert np.all(gp[rows][np.isneginf(p[rows])] == 0.0), msg
-            assert np.all(gq[rows][np.isneginf(q[rows])] == 0.0), msg
+        for b in (2, 5):
+            assert np.all(np.asarray(gp)[b] == 0.0) and np.all(np.asarray(gq)[b] == 0.0), name
 
 
 # ------------------------------------------------------------------------------------------------
@@ -544,10 +472,12 @@ def test_hostile_logits(pair):
 
 MASK = np.array(
     [
-        [True, True, True, True, True, True, True],
-        [True, False, True, False, True, True, False],
-        [False, False, True, False, True, False, False],
-        [False, False, False, True, False, False, False],  # one class left: P = Q, D = 0
+        [True, True, True, True, True, True],
+        [True, False, True, False, True, True],
+        [False, False, True, False, True, False],
+        [False, False, False, True, False, False],  # one class left: P = Q, D = 0
+        [True, True, False, False, False, True],
+        [False, True, True, True, True, True],
     ]
 )
 
@@ -562,13 +492,15 @@ def test_where_equals_sub_vector(name):
     want = np.array([ref_from_logits(name, p[b, m], q[b, m]) for b, m in enumerate(MASK)])
     with jax.enable_x64(True):
         got, (gp, gq) = value_and_grads(name, jnp.asarray(p), jnp.asarray(q), where=MASK)
-    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-9, atol=1e-15)
+    got = np.asarray(got)
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-15)
     assert got[3] == 0.0
     gp, gq = np.asarray(gp), np.asarray(gq)
     assert np.all(gp[~MASK] == 0.0) and np.all(gq[~MASK] == 0.0)
+    assert np.all(gp[3] == 0.0) and np.all(gq[3] == 0.0)
     if name == "total_variation":
         return
-    for b, m in enumerate(MASK[:3]):
+    for b, m in enumerate(MASK):
         fd_p = fd_rows(lambda a, b=b, m=m: ref_from_logits(name, a, q[b, m]), p[b, m])
         fd_q = fd_rows(lambda c, b=b, m=m: ref_from_logits(name, p[b, m], c), q[b, m])
         np.testing.assert_allclose(gp[b, m], fd_p, rtol=1e-6, atol=1e-8)
@@ -577,8 +509,8 @@ def test_where_equals_sub_vector(name):
 
 def test_where_broadcasts_class_mask():
     """A [V] mask with [B, V] logits: reference = numpy on the kept columns."""
-    p, q = random_logits(6, shape=(3, 7))
-    mask = np.array([True, False, True, True, False, True, False])
+    p, q = random_logits(6)
+    mask = np.array([True, False, True, True, False, True])
     for name in ("kl", "js", "pearson", "total_variation"):
         with jax.enable_x64(True):
             got, (gp, gq) = value_and_grads(name, jnp.asarray(p), jnp.asarray(q), where=mask)
@@ -591,9 +523,15 @@ def test_where_broadcasts_class_mask():
 
 def test_where_combines_with_neg_inf_logits():
     """Masked classes and -inf logits together. Reference: numpy on the kept classes."""
-    p = np.array([[0.2, -np.inf, 1.0, 3.0, -0.5], [1.0, 2.0, -np.inf, 0.0, 0.3]])
-    q = np.array([[-0.3, 0.4, -np.inf, 1.0, 0.0], [-np.inf, 0.5, 1.5, 0.0, 2.0]])
-    mask = np.array([[True, True, True, False, True], [False, True, False, True, True]])
+    p, q = random_logits(22)
+    rng = np.random.default_rng(23)
+    p = np.where(rng.random(SHAPE) < 0.25, -np.inf, p)
+    q = np.where(rng.random(SHAPE) < 0.25, -np.inf, q)
+    mask = rng.random(SHAPE) < 0.7
+    # keep some class with mass in both P and Q in every row (the value is then finite for all)
+    p[:, 0] = q[:, 0] = 0.0
+    mask[:, 0] = True
+    assert np.isneginf(np.where(mask, p, 0.0)).any() and np.isneginf(np.where(mask, q, 0)).any()
     for name in ("js", "kl", "reverse_kl", "squared_hellinger", "triangular"):
         want = np.array([ref_from_logits(name, p[b, m], q[b, m]) for b, m in enumerate(mask)])
         with jax.enable_x64(True):
@@ -609,8 +547,8 @@ def test_where_combines_with_neg_inf_logits():
 @pytest.mark.parametrize("axis", [0, 1, -3])
 def test_axis_argument(axis):
     """Reference: numpy divergence along ``axis`` (np.moveaxis to the end)."""
-    p, q = random_logits(7, shape=(3, 5, 4))
-    mask = np.random.default_rng(8).random((3, 5, 4)) < 0.8
+    p, q = random_logits(7, shape=(6, 6, 6))
+    mask = np.random.default_rng(8).random((6, 6, 6)) < 0.8
     mask[0] = mask[:, 0] = True  # every slice along any axis keeps a class
     for name in ("kl", "js", "pearson", "triangular"):
         want = ref_from_logits(name, np.moveaxis(p, axis, -1), np.moveaxis(q, axis, -1))
@@ -630,26 +568,26 @@ def test_axis_argument(axis):
 def test_broadcast_q_against_batch(name):
     """q_logits [V] against p_logits [B, V]: numpy reference per row; the gradient has q's shape
     and equals central differences of sum_b D(P_b || Q) (numpy)."""
-    p, _ = random_logits(9, shape=(4, 6))
-    q = np.random.default_rng(10).normal(size=6)
+    p, _ = random_logits(9)
+    q = np.random.default_rng(10).normal(size=SHAPE[-1])
     with jax.enable_x64(True):
         got, (gp, gq) = value_and_grads(name, jnp.asarray(p), jnp.asarray(q))
         got_t = fdiv.divergence(name, jnp.asarray(q), jnp.asarray(p))  # [V] as p_logits
     np.testing.assert_allclose(np.asarray(got), ref_from_logits(name, p, q), rtol=1e-9)
     np.testing.assert_allclose(np.asarray(got_t), ref_from_logits(name, q, p), rtol=1e-9)
-    assert gp.shape == (4, 6) and gq.shape == (6,)
+    assert gp.shape == SHAPE and gq.shape == SHAPE[-1:]
     fd_q = fd_rows(lambda b: ref_from_logits(name, p[None], b[..., None, :]).sum(-1), q)
     np.testing.assert_allclose(np.asarray(gq), fd_q, rtol=1e-6, atol=1e-8)
 
 
 def test_outer_broadcasting_shapes():
     """[B, 1, V] against [1, C, V] gives [B, C]. Reference: numpy on the broadcast arrays."""
-    p, _ = random_logits(11, shape=(2, 1, 5))
-    _, q = random_logits(12, shape=(1, 3, 5))
+    p, _ = random_logits(11, shape=(6, 1, 6))
+    _, q = random_logits(12, shape=(1, 6, 6))
     with jax.enable_x64(True):
-        got = fdiv.divergence("jeffreys", p, q)
-    assert got.shape == (2, 3)
-    np.testing.assert_allclose(np.asarray(got), ref_from_logits("jeffreys", p, q), rtol=1e-9)
+        got = fdiv.divergence("kl", p, q)
+    assert got.shape == (6, 6)
+    np.testing.assert_allclose(np.asarray(got), ref_from_logits("kl", p, q), rtol=1e-9)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -660,7 +598,7 @@ def test_outer_broadcasting_shapes():
 @pytest.mark.parametrize("name", ["kl", "js", "pearson", "total_variation", "skew_js"])
 def test_jit_and_vmap_agree_with_eager(name):
     """Reference: numpy values; jit / vmap / eager agree with each other to float32 rounding."""
-    p, q = random_logits(13, shape=(4, 9))
+    p, q = random_logits(13)
     p32, q32 = jnp.asarray(p, jnp.float32), jnp.asarray(q, jnp.float32)
     eager_v, eager_g = value_and_grads(name, p32, q32)
     jit_v, jit_g = jitted_value_and_grads(name)(p32, q32)
@@ -680,7 +618,7 @@ def test_jit_and_vmap_agree_with_eager(name):
 
 def test_grad_of_sum_of_two_divergences():
     """Reference: central differences of the numpy sum kl + 0.5 js (per row, float64)."""
-    p, q = random_logits(14, shape=(3, 5))
+    p, q = random_logits(14)
 
     def loss(a, b):
         return jnp.sum(fdiv.divergence("kl", a, b) + 0.5 * fdiv.divergence("js", a, b))
@@ -701,7 +639,7 @@ def test_grad_of_sum_of_two_divergences():
 )
 def test_check_grads_second_order_fwd_and_rev(name, params):
     """jax.test_util.check_grads (numerical differences) through the custom_jvp, order 2."""
-    p, q = random_logits(15, shape=(2, 4))
+    p, q = random_logits(15)
     g = generator(name, params)
     with jax.enable_x64(True):
         f = lambda a, b: fdiv.divergence(g, a, b)
@@ -710,35 +648,40 @@ def test_check_grads_second_order_fwd_and_rev(name, params):
 
 @pytest.mark.parametrize("name", ["kl", "reverse_kl", "js", "squared_hellinger", "triangular"])
 def test_hessian_matches_finite_differences(name):
-    """jax.hessian w.r.t. p_logits vs second central differences of the numpy reference and vs
-    central differences of the gradient; symmetric."""
-    p, q = random_logits(16, shape=(5,))
+    """jax.hessian w.r.t. p_logits ([B, V]: block diagonal, symmetric blocks) vs second central
+    differences of the numpy reference and vs central differences of the gradient."""
+    p, q = random_logits(16)
+    nb, nv = SHAPE
     with jax.enable_x64(True):
-        f = lambda a: fdiv.divergence(name, a, jnp.asarray(q))
-        hess = np.asarray(jax.hessian(f)(jnp.asarray(p)))
+        f = lambda a: jnp.sum(fdiv.divergence(name, a, jnp.asarray(q)))
+        hess = np.asarray(jax.hessian(f)(jnp.asarray(p)))  # [B, V, B, V]
         grad = jax.grad(f)
         eps = 1e-5
+        steps = np.eye(nv)[:, None, :] * eps * np.ones((nb, 1))  # step j in every row at once
         fd_of_grad = np.stack(
             [
-                (
-                    np.asarray(grad(jnp.asarray(p + eps * e)))
-                    - np.asarray(grad(jnp.asarray(p - eps * e)))
-                )
-                / (2 * eps)
-                for e in np.eye(5)
-            ]
-        )
+                np.asarray(grad(jnp.asarray(p + e))) - np.asarray(grad(jnp.asarray(p - e)))
+                for e in steps
+            ],
+            axis=1,
+        ) / (2 * eps)  # [B, V(j), V]
+    blocks = hess[np.arange(nb), :, np.arange(nb), :]  # [B, V, V]
+    off_diagonal = hess.copy()
+    off_diagonal[np.arange(nb), :, np.arange(nb), :] = 0.0
+    assert np.all(off_diagonal == 0.0)
     h = 1e-4
-    E = np.eye(5) * h
-    ref = lambda a: ref_from_logits(name, a, q)
-    pp = p + E[:, None, :] + E[None, :, :]
-    pm = p + E[:, None, :] - E[None, :, :]
-    mp = p - E[:, None, :] + E[None, :, :]
-    mm = p - E[:, None, :] - E[None, :, :]
-    fd2 = (ref(pp) - ref(pm) - ref(mp) + ref(mm)) / (4 * h * h)
-    np.testing.assert_allclose(hess, hess.T, rtol=1e-9, atol=1e-12)
-    np.testing.assert_allclose(hess, fd2, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(hess, fd_of_grad, rtol=1e-6, atol=1e-9)
+    E = np.eye(nv) * h
+    ref = lambda a: ref_from_logits(name, a, q[:, None, None, :])
+    x = p[:, None, None, :]
+    fd2 = (
+        ref(x + E[:, None] + E[None, :])
+        - ref(x + E[:, None] - E[None, :])
+        - ref(x - E[:, None] + E[None, :])
+        + ref(x - E[:, None] - E[None, :])
+    ) / (4 * h * h)
+    np.testing.assert_allclose(blocks, np.swapaxes(blocks, 1, 2), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(blocks, fd2, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(blocks, fd_of_grad, rtol=1e-6, atol=1e-9)
 
 
 @pytest.mark.parametrize("name,params", VALUE_CASES, ids=CASE_IDS)
@@ -750,8 +693,8 @@ def test_fdiv_check_divergence_grads(name, params):
 
 
 def test_check_divergence_grads_with_where():
-    p, q = random_logits(18, shape=(2, 5))
-    mask = np.array([True, False, True, True, False])
+    p, q = random_logits(18, shape=(2, 4))
+    mask = np.array([True, False, True, True])
     for name in ("kl", "js", "neyman"):
         fdiv.testing.check_divergence_grads(name, p, q, where=mask)
 
@@ -765,7 +708,7 @@ def test_check_divergence_grads_with_where():
 def test_low_precision_inputs(dtype):
     """Output and gradient dtypes follow the input; values within 2e-2 of the numpy float64
     reference on the rounded logits (what a float32 computation gives); finite gradients."""
-    p, q = random_logits(19, shape=(3, 8), scale=1.0)
+    p, q = random_logits(19, scale=1.0)
     pj, qj = jnp.asarray(p, dtype), jnp.asarray(q, dtype)
     for name, params in VALUE_CASES:
         g = generator(name, params)
@@ -780,7 +723,7 @@ def test_low_precision_inputs(dtype):
 
 def test_mixed_precision_computes_in_float32():
     """float32 p with bfloat16 q: result is float32 and matches numpy on the rounded logits."""
-    p, q = random_logits(20, shape=(3, 8), scale=1.0)
+    p, q = random_logits(20, scale=1.0)
     qj = jnp.asarray(q, jnp.bfloat16)
     got = fdiv.divergence("js", jnp.asarray(p, jnp.float32), qj)
     assert got.dtype == jnp.float32
@@ -820,7 +763,7 @@ def test_scalar_logits_raise():
 
 def test_temperature_is_callers():
     """divergence(name, p / tau, q / tau) is the divergence of softmax(p / tau) (numpy)."""
-    p, q = random_logits(21, shape=(3, 6))
+    p, q = random_logits(21)
     tau = 0.37
     for name in ("kl", "js", "squared_hellinger"):
         with jax.enable_x64(True):
@@ -830,7 +773,108 @@ def test_temperature_is_callers():
 
 
 # ------------------------------------------------------------------------------------------------
-# Extreme log-ratios of the power-type generators (kept last: see the module report).
+# 3. Hostile logits (hypothesis). Placed after the deterministic tests so that a failure here
+#    (see test_power_type_* below) does not hide them under ``pytest -x``.
+# ------------------------------------------------------------------------------------------------
+
+HOSTILE = (1e4, -1e4, -np.inf, 0.0, 1.0, -2.5, 30.0, -30.0, 88.0, -104.0)
+B, V = SHAPE
+
+# Upper bounds of the bounded generators at their default parameters: f(0+) + lim f(u)/u.
+BOUNDS = dict(DISJOINT_BOUNDED)
+# Unbounded generators: (the support inclusion that makes them finite, power-type?). Power-type
+# values can exceed the float range on a shared support, so their finiteness is required only
+# for modest log-ratios.
+SUPPORT_RULES = {
+    "kl": ("p_in_q", False),
+    "reverse_kl": ("q_in_p", False),
+    "jeffreys": ("equal", False),
+    "pearson": ("p_in_q", True),
+    "neyman": ("q_in_p", True),
+}
+# Log-ratios up to ~80 are where the library documents overflow-free evaluation in float32.
+MODEST_LOG_RATIO = 75.0
+# A class counts as "surely present" when its log-probability is far from float32 underflow.
+PRESENT_LOG_PROB = -80.0
+
+
+def test_hostile_rules_cover_every_name():
+    assert sorted(set(BOUNDS) | set(SUPPORT_RULES)) == EXPECTED_NAMES
+
+
+@st.composite
+def hostile_logit_pairs(draw):
+    elements = st.one_of(st.sampled_from(HOSTILE), st.floats(-20, 20, width=32))
+    p = draw(hnp.arrays(np.float32, (B, V), elements=elements))
+    q = draw(hnp.arrays(np.float32, (B, V), elements=elements))
+    for b in range(B):
+        mode = draw(st.sampled_from(["free", "same", "same_support", "one_hot"]))
+        if mode == "same":
+            q[b] = p[b]
+        elif mode == "same_support":
+            q[b] = np.where(np.isfinite(p[b]), q[b], -np.inf)
+            q[b] = np.where(np.isfinite(p[b]) & np.isneginf(q[b]), 1e4, q[b])
+        elif mode == "one_hot":
+            p[b] = -1e4
+            p[b, draw(st.integers(0, V - 1))] = 1e4
+        for x in (p, q):
+            if not np.isfinite(x[b]).any():
+                x[b, draw(st.integers(0, V - 1))] = draw(st.sampled_from([0.0, 1e4, -1e4]))
+    return (q, p) if draw(st.booleans()) else (p, q)
+
+
+def _expected_finiteness(name, lp, lq):
+    """Rows that must be finite and rows that must be +inf, from float64 log-probabilities."""
+    if name in BOUNDS:
+        return np.ones(len(lp), bool), np.zeros(len(lp), bool)
+    rule, power = SUPPORT_RULES[name]
+    fp, fq = np.isfinite(lp), np.isfinite(lq)
+    p_out = fp & ~fq  # P has mass where Q has none
+    q_out = fq & ~fp
+    bad = {"p_in_q": p_out, "q_in_p": q_out, "equal": p_out | q_out}[rule]
+    must_finite = ~bad.any(-1)
+    if power:
+        with np.errstate(invalid="ignore"):
+            gap = np.where(fp & fq, np.abs(lp - lq), 0.0)
+        must_finite &= gap.max(-1) <= MODEST_LOG_RATIO
+    surely_p = p_out & (lp > PRESENT_LOG_PROB)
+    surely_q = q_out & (lq > PRESENT_LOG_PROB)
+    surely_bad = {"p_in_q": surely_p, "q_in_p": surely_q, "equal": surely_p | surely_q}[rule]
+    return must_finite, surely_bad.any(-1)
+
+
+@pytest.mark.parametrize("name", EXPECTED_NAMES)
+@settings(max_examples=25, deadline=None)
+@given(pair=hostile_logit_pairs())
+def test_hostile_logits(name, pair):
+    """No NaN, never negative, finite where the true value is finite (support rules and hand
+    bounds), +inf where P (or Q) surely has mass the other lacks; gradients finite wherever the
+    value is finite (and below 1e30), exactly 0 at -inf logits. float32 and bfloat16."""
+    p, q = pair
+    for dtype in (jnp.float32, jnp.bfloat16):
+        pj, qj = jnp.asarray(p, dtype), jnp.asarray(q, dtype)
+        lp, lq = np_log_softmax(as_f64(pj)), np_log_softmax(as_f64(qj))
+        values, (gp, gq) = jitted_value_and_grads(name)(pj, qj)
+        assert values.dtype == dtype and gp.dtype == dtype and gq.dtype == dtype
+        v = as_f64(values)
+        gp, gq = as_f64(gp), as_f64(gq)
+        msg = f"{name} {jnp.dtype(dtype).name}\nvalues={v}\ngrad_p={gp}\ngrad_q={gq}"
+        assert not np.isnan(v).any(), msg
+        assert np.all(v >= -1e-6), msg
+        must_finite, must_inf = _expected_finiteness(name, lp, lq)
+        assert np.isfinite(v[must_finite]).all(), msg
+        assert np.all(v[must_inf] == np.inf), msg
+        if name in BOUNDS:
+            slack = 1e-2 if dtype == jnp.bfloat16 else 1e-5
+            assert np.all(v <= BOUNDS[name] * (1 + slack) + slack), msg
+        rows = np.isfinite(v) & (v < 1e30)
+        assert np.isfinite(gp[rows]).all() and np.isfinite(gq[rows]).all(), msg
+        assert np.all(gp[rows][np.isneginf(p[rows])] == 0.0), msg
+        assert np.all(gq[rows][np.isneginf(q[rows])] == 0.0), msg
+
+
+# ------------------------------------------------------------------------------------------------
+# Extreme log-ratios of the power-type generators (Pearson, Neyman, alpha = 2) in float32.
 # ------------------------------------------------------------------------------------------------
 
 
@@ -854,3 +898,26 @@ def test_power_type_extreme_log_ratio_float32(name, p, q, want):
         assert np.isfinite(want) and want < 1e22
     got = float(fdiv.divergence(name, jnp.asarray(p, jnp.float32), jnp.asarray(q, jnp.float32)))
     np.testing.assert_allclose(got, want, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "name,p,q",
+    [
+        ("pearson", [0.0, 0.0], [0.0, -50.0]),
+        ("neyman", [0.0, -50.0], [0.0, 0.0]),
+        ("alpha", [0.0, 0.0], [0.0, -50.0]),  # alpha = 2 below: pearson / 2
+    ],
+)
+def test_power_type_gradient_where_value_finite_float32(name, p, q):
+    """Value ~1e21 (finite in float32); its gradient is ~1e21 too. Reference: numpy float64 value
+    and central differences of it."""
+    g = fdiv.generators.get("alpha", alpha=2.0) if name == "alpha" else name
+    params = {"alpha": 2.0} if name == "alpha" else {}
+    p, q = np.array(p), np.array(q)
+    want = ref_from_logits(name, p, q, **params)
+    want_gp = fd_rows(lambda a: ref_from_logits(name, a, q, **params), p)
+    want_gq = fd_rows(lambda b: ref_from_logits(name, p, b, **params), q)
+    value, (gp, gq) = value_and_grads(g, jnp.asarray(p, jnp.float32), jnp.asarray(q, jnp.float32))
+    np.testing.assert_allclose(float(value), want, rtol=1e-4)
+    np.testing.assert_allclose(np.asarray(gp), want_gp, rtol=1e-3)
+    np.testing.assert_allclose(np.asarray(gq), want_gq, rtol=1e-3)
