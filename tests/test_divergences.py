@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import scipy.spatial.distance
 import scipy.special
+from _catalog import CATALOG_NAMES
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -32,22 +33,7 @@ import fdiv
 INF = np.inf
 LOG2 = math.log(2.0)
 
-EXPECTED_NAMES = [
-    "alpha",
-    "gan",
-    "jeffreys",
-    "js",
-    "kl",
-    "neyman",
-    "pearson",
-    "reverse_kl",
-    "skew_js",
-    "skew_kl",
-    "skew_reverse_kl",
-    "squared_hellinger",
-    "total_variation",
-    "triangular",
-]
+EXPECTED_NAMES = CATALOG_NAMES
 
 # Parameters the registry uses when a generator is given by name.
 DEFAULTS = {

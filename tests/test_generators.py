@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _catalog import CATALOG_NAMES
 from scipy import optimize, special
 
 import fdiv
@@ -867,22 +868,7 @@ def test_low_precision_inputs(name, params, dtype, bound):
 # 7. Registry.
 # ------------------------------------------------------------------------------------------------
 
-NAMES = [
-    "alpha",
-    "gan",
-    "jeffreys",
-    "js",
-    "kl",
-    "neyman",
-    "pearson",
-    "reverse_kl",
-    "skew_js",
-    "skew_kl",
-    "skew_reverse_kl",
-    "squared_hellinger",
-    "total_variation",
-    "triangular",
-]
+NAMES = CATALOG_NAMES
 
 
 def test_names():
