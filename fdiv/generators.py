@@ -28,6 +28,7 @@ convex ``f`` written in ``jax.numpy`` into a generator usable everywhere a catal
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Callable
 
@@ -49,7 +50,7 @@ __all__ = [
 _LOG2 = math.log(2.0)
 
 
-class Generator:
+class Generator(abc.ABC):
     """Base class of an f-divergence generator; subclasses implement the private ``_`` methods.
 
     Public methods take log arguments (``log_u``, ``log_r``) or the conjugate variable ``t`` as
@@ -137,15 +138,15 @@ class Generator:
     def _f_double_prime(self, log_u):
         return self._weight(log_u) * jnp.exp(-2.0 * log_u)
 
-    # -- to implement --
-    def _f(self, log_u):
-        raise NotImplementedError
+    # -- what a subclass implements (from log arguments, in the compute dtype) --
+    @abc.abstractmethod
+    def _f(self, log_u): ...
 
-    def _f_prime(self, log_u):
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _f_prime(self, log_u): ...
 
-    def _weight(self, log_r):
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _weight(self, log_r): ...
 
     def _conjugate(self, t):
         return _numeric_conjugate(self, t)
