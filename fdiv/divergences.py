@@ -45,12 +45,9 @@ def _generic_terms(g: gen.Generator, lp, lq) -> DivergenceTerms:
     """Any generator, evaluating ``f`` and its dual only at ratios <= 1 (no overflow).
 
     Where ``p <= q`` the term is ``q f(p/q)``; where ``p > q`` it is ``p f_dual(q/p)`` with
-    ``f_dual(v) = v f(1/v)``. Classes absent from both are exactly 0; ``q = 0 < p`` gives
+    ``f_dual(v) = v f(1/v)`` (classes absent from both: see :func:`divergence_terms`); ``q = 0 < p`` gives
     ``p f'(inf)`` (``+inf`` for unbounded ``f``), ``p = 0 < q`` gives ``q f(0)``.
     """
-    both = (lp == -jnp.inf) & (lq == -jnp.inf)
-    lp = jnp.where(both, 0.0, lp)
-    lq = jnp.where(both, 0.0, lq)
     below = lp <= lq
     log_u = jnp.where(below, lp - lq, 0.0)  # <= 0, -inf where p = 0 < q
     log_v = jnp.where(below, 0.0, lq - lp)  # <= 0, -inf where q = 0 < p
@@ -66,10 +63,7 @@ def _generic_terms(g: gen.Generator, lp, lq) -> DivergenceTerms:
         d_small = nx.mul0(small, fp_w)  # small * d term / d small
         d_big = term - d_small
         dp, dq = jnp.where(below, d_small, d_big), jnp.where(below, d_big, d_small)
-        zero = jnp.zeros_like(term)
-        return DivergenceTerms(
-            jnp.where(both, zero, term), jnp.where(both, zero, dp), jnp.where(both, zero, dq)
-        )
+        return DivergenceTerms(term, dp, dq)
     term_a = nx.mul0(q, g._f_normalized(log_u))
     dp_a = nx.mul0(p, g._f_prime_normalized(log_u))
     term_b = nx.mul0(p, dual._f_normalized(log_v))
@@ -77,14 +71,11 @@ def _generic_terms(g: gen.Generator, lp, lq) -> DivergenceTerms:
     term = jnp.where(below, term_a, term_b)
     dp = jnp.where(below, dp_a, term_b - dq_b)  # p d/dp [p f_dual(q/p)] = p f_dual - q f_dual'
     dq = jnp.where(below, term_a - dp_a, dq_b)  # q d/dq [q f(p/q)] = q f - p f'
-    zero = jnp.zeros_like(term)
-    return DivergenceTerms(
-        jnp.where(both, zero, term), jnp.where(both, zero, dp), jnp.where(both, zero, dq)
-    )
+    return DivergenceTerms(term, dp, dq)
 
 
 def _kl_terms(lp, lq) -> DivergenceTerms:
-    """KL fast path: ``term = p log(p/q) - p + q``, ``dp = p log(p/q)``, ``dq = q - p``."""
+    """KL: ``term = p log(p/q) - p + q``, ``dp = p log(p/q)``, ``dq = q - p``."""
     log_ratio = jnp.where(lp == -jnp.inf, 0.0, lp - lq)  # +inf where q = 0 < p: KL = inf
     p, q = jnp.exp(lp), jnp.exp(lq)
     dp = nx.mul0(p, log_ratio)
@@ -98,14 +89,9 @@ def _reverse_kl_terms(lp, lq) -> DivergenceTerms:
 
 def _js_terms(lp, lq) -> DivergenceTerms:
     """JS fast path: ``dp = p log(p/m)/2``, ``dq = q log(q/m)/2``, ``term = dp + dq``, ``m = (p+q)/2``."""
-    both = (lp == -jnp.inf) & (lq == -jnp.inf)
-    lp = jnp.where(both, 0.0, lp)
-    lq = jnp.where(both, 0.0, lq)
     lm = jnp.logaddexp(lp, lq) - math.log(2.0)
     dp = 0.5 * nx.mul0(jnp.exp(lp), lp - lm)
     dq = 0.5 * nx.mul0(jnp.exp(lq), lq - lm)
-    zero = jnp.zeros_like(dp)
-    dp, dq = jnp.where(both, zero, dp), jnp.where(both, zero, dq)
     return DivergenceTerms(dp + dq, dp, dq)
 
 
@@ -129,9 +115,6 @@ def _power_terms(a: float, lp, lq) -> DivergenceTerms:
     ``d = log(p/q)``; below it (where those forms would cancel) the generic rule is exact.
     """
     generic = _generic_terms(gen.Alpha(a), lp, lq)
-    both = (lp == -jnp.inf) & (lq == -jnp.inf)
-    lp = jnp.where(both, 0.0, lp)
-    lq = jnp.where(both, 0.0, lq)
     d = lp - lq
     far = jnp.abs(d) > min(20.0, 40.0 / max(abs(a), abs(a - 1.0)))
     p, q = jnp.exp(lp), jnp.exp(lq)
@@ -145,11 +128,10 @@ def _power_terms(a: float, lp, lq) -> DivergenceTerms:
     term = (jnp.exp(log_q_ua) - q - a * (p - q)) / (a * (a - 1.0))
     x = (a - 1.0) * jnp.where(far, d, 1.0)
     dp = jnp.where(lp == -jnp.inf, 0.0, jnp.sign(x) * jnp.exp(lp + _log_abs_expm1(x)) / (a - 1.0))
-    use = far & ~both
     return DivergenceTerms(
-        jnp.where(use, term, generic.term),
-        jnp.where(use, dp, generic.dp),
-        jnp.where(use, term - dp, generic.dq),
+        jnp.where(far, term, generic.term),
+        jnp.where(far, dp, generic.dp),
+        jnp.where(far, term - dp, generic.dq),
     )
 
 
@@ -178,16 +160,32 @@ def _fast_path(g: gen.Generator):
 
 
 def divergence_terms(g: gen.Generator, log_p: jax.Array, log_q: jax.Array) -> DivergenceTerms:
-    """Per-class terms of ``D_f`` for normalised log-probabilities (see :class:`DivergenceTerms`)."""
+    """Per-class terms of ``D_f`` for normalised log-probabilities (see :class:`DivergenceTerms`).
+
+    Classes absent from both distributions are handled here, once for every rule: the rules see
+    them as ``p = q = 1`` (a harmless finite point) and their terms are set to exactly 0 after.
+    """
+    both = (log_p == -jnp.inf) & (log_q == -jnp.inf)
+    lp = jnp.where(both, 0.0, log_p)
+    lq = jnp.where(both, 0.0, log_q)
     fast = _fast_path(g)
-    return fast(log_p, log_q) if fast is not None else _generic_terms(g, log_p, log_q)
+    terms = fast(lp, lq) if fast is not None else _generic_terms(g, lp, lq)
+    return DivergenceTerms(*(jnp.where(both, 0.0, t) for t in terms))
+
+
+def _log_probs_and_terms(g, p_logits, q_logits):
+    lp = nx.log_softmax(p_logits)
+    lq = nx.log_softmax(q_logits)
+    return lp, lq, divergence_terms(g, lp, lq)
+
+
+def _sum_terms(term):
+    return jnp.sum(jnp.maximum(term, 0.0), axis=-1)  # each term is >= 0 exactly; drop rounding
 
 
 def _value_and_logit_grads(g, p_logits, q_logits):
-    lp = nx.log_softmax(p_logits)
-    lq = nx.log_softmax(q_logits)
-    term, dp, dq = divergence_terms(g, lp, lq)
-    value = jnp.sum(jnp.maximum(term, 0.0), axis=-1)  # each term is >= 0 exactly; drop rounding
+    lp, lq, (term, dp, dq) = _log_probs_and_terms(g, p_logits, q_logits)
+    value = _sum_terms(term)
     grad_p = dp - jnp.exp(lp) * jnp.sum(dp, axis=-1, keepdims=True)
     grad_q = dq - jnp.exp(lq) * jnp.sum(dq, axis=-1, keepdims=True)
     return value, grad_p, grad_q
@@ -195,9 +193,7 @@ def _value_and_logit_grads(g, p_logits, q_logits):
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
 def _categorical(g, p_logits, q_logits):
-    lp = nx.log_softmax(p_logits)
-    lq = nx.log_softmax(q_logits)
-    return jnp.sum(jnp.maximum(divergence_terms(g, lp, lq).term, 0.0), axis=-1)
+    return _sum_terms(_log_probs_and_terms(g, p_logits, q_logits)[2].term)
 
 
 @_categorical.defjvp
