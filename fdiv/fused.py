@@ -1,0 +1,484 @@
+r"""Fused, chunked f-divergences for large vocabularies: every generator, no [N, V] intermediates.
+
+Distilling or aligning language models needs ``D_f`` between teacher and student next-token
+distributions over ``[N tokens, V classes]`` with ``V`` in the tens or hundreds of thousands. An
+autodiffed composition keeps several ``[N, V]`` float32 intermediates alive for the backward pass
+(softmaxes, the mixture, their cotangents). Here one loop over chunks of rows computes, per chunk,
+the log-softmaxes, the value and the closed-form logit gradient (the same per-class rule as
+:func:`fdiv.divergence`), and writes the gradient straight into its output buffer: the only
+``[N, V]`` array beyond the inputs is the gradient itself.
+
+- :func:`fused_divergence`: ``D_f(P || Q)`` per row from two logit arrays.
+- :func:`fused_linear_divergence`: the student's logits ``hidden @ weight.T`` are formed chunk by
+  chunk and never exist in full; returns the (masked) mean or sum over rows, with gradients for
+  ``hidden`` and ``weight``.
+- :class:`TopKTeacher`: a teacher given only as its top-k log-probabilities (what distillation
+  pipelines store); the remaining mass is one tail bucket.
+
+Both are ``custom_jvp`` functions with symbolic zeros: a gradient is computed only for the inputs
+being differentiated (usually just the student), and forward mode works. Chunks are taken with
+``dynamic_slice`` at clamped offsets (the last chunk overlaps the one before it) so ``N`` need not
+be divisible by the chunk size and inputs are never padded or copied.
+
+A row chunk is processed whole: XLA keeps each ``[chunk, V]`` intermediate in memory, so no row is
+ever "too long to fit" and an online log-sum-exp over vocabulary blocks (which matters for a GPU
+kernel's on-chip memory) buys nothing here.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
+from jax.typing import ArrayLike
+
+from fdiv import _numerics as nx
+from fdiv import generators as gen
+from fdiv.divergences import divergence_terms
+
+__all__ = ["TopKTeacher", "fused_divergence", "fused_linear_divergence", "default_chunk_rows"]
+
+
+class TopKTeacher(NamedTuple):
+    """A teacher distribution known only on its top-k classes.
+
+    Attributes:
+      indices: ``[..., k]`` integer class indices (distinct within a row).
+      log_probs: ``[..., k]`` the teacher's *normalised* log-probabilities of those classes
+        (``sum exp <= 1``); the rest, ``1 - sum exp(log_probs)``, is the tail.
+
+    The divergence is then taken between the ``k + 1``-bucket coarsenings of teacher and student
+    (top-k classes + one tail bucket holding ``1 - sum`` of each). By the data-processing inequality
+    this is a lower bound on ``D_f`` for every ``f``; it equals ``D_f`` exactly when the teacher's
+    tail is proportional to the student's (in particular when the teacher has no tail).
+    """
+
+    indices: jax.Array
+    log_probs: jax.Array
+
+
+def default_chunk_rows(vocab: int, target_elements: int = 1 << 20) -> int:
+    """Rows per chunk so one ``[chunk, V]`` float32 intermediate is about 4 MiB."""
+    return max(1, target_elements // max(vocab, 1))
+
+
+def _is_zero(t) -> bool:
+    return isinstance(t, SymbolicZero)
+
+
+def _log_tail(log_mass_topk):
+    """``log(1 - sum exp(l))`` over the last axis, ``-inf`` when the top-k hold all the mass."""
+    lse = jax.nn.logsumexp(log_mass_topk, axis=-1)
+    return jnp.log(-jnp.expm1(jnp.minimum(lse, 0.0)))
+
+
+# ------------------------------------------------------------------------------------------------
+# One chunk: values and logit gradients.
+# ------------------------------------------------------------------------------------------------
+
+
+def _dense_chunk(g, p_chunk, q_chunk, inv_tau, need_p, need_q):
+    """Per-row values and (optionally) logit gradients for dense logits ``[C, V]`` (float32)."""
+    lp = nx.log_softmax(p_chunk * inv_tau)
+    lq = nx.log_softmax(q_chunk * inv_tau)
+    term, dp, dq = divergence_terms(g, lp, lq)
+    value = jnp.sum(jnp.maximum(term, 0.0), axis=-1)
+    grad_p = (dp - jnp.exp(lp) * jnp.sum(dp, -1, keepdims=True)) * inv_tau if need_p else None
+    grad_q = (dq - jnp.exp(lq) * jnp.sum(dq, -1, keepdims=True)) * inv_tau if need_q else None
+    return value, grad_p, grad_q
+
+
+def _topk_chunk(g, indices, log_probs, q_chunk, inv_tau, need_q):
+    """Values and student-logit gradients against a top-k teacher (``k + 1`` buckets)."""
+    lq = nx.log_softmax(q_chunk * inv_tau)
+    lq_k = jnp.take_along_axis(lq, indices, axis=-1)
+    lp_b = jnp.concatenate([log_probs, _log_tail(log_probs)[:, None]], axis=-1)
+    lq_tail = _log_tail(lq_k)
+    lq_b = jnp.concatenate([lq_k, lq_tail[:, None]], axis=-1)
+    term, _, dq = divergence_terms(g, lp_b, lq_b)
+    value = jnp.sum(jnp.maximum(term, 0.0), axis=-1)
+    if not need_q:
+        return value, None
+    # d D / d x_j = q_j (a_b(j) - sum_b dq_b), a_b = dq_b / q_b; b(j) the bucket of class j.
+    total = jnp.sum(dq, axis=-1, keepdims=True)
+    q = jnp.exp(lq)
+    tail_share = jnp.where(lq_tail[:, None] == -jnp.inf, 0.0, jnp.exp(lq - lq_tail[:, None]))
+    grad = nx.mul0(tail_share, dq[:, -1:]) - q * total
+    top = dq[:, :-1] - jnp.take_along_axis(q, indices, axis=-1) * total
+    rows = jnp.arange(q.shape[0])[:, None]
+    grad = grad.at[rows, indices].set(top)
+    return value, grad * inv_tau
+
+
+# ------------------------------------------------------------------------------------------------
+# The chunk loop.
+# ------------------------------------------------------------------------------------------------
+
+
+def _chunk_loop(n_rows, chunk, body, init):
+    """Run ``body(start, is_new_row_mask, carry)`` over row chunks covering ``[0, n_rows)``.
+
+    The last chunk starts at ``n_rows - chunk`` and may overlap its predecessor; ``is_new`` marks
+    the rows it has not seen before, for accumulations that must not count a row twice.
+    """
+    n_chunks = -(-n_rows // chunk)
+
+    def step(i, carry):
+        nominal = i * chunk
+        start = jnp.minimum(nominal, n_rows - chunk)
+        is_new = (start + jnp.arange(chunk)) >= nominal
+        return body(start, is_new, carry)
+
+    return jax.lax.fori_loop(0, n_chunks, step, init)
+
+
+def _rows(x, start, chunk):
+    return jax.lax.dynamic_slice_in_dim(x, start, chunk, axis=0)
+
+
+def _put_rows(buf, rows, start):
+    return jax.lax.dynamic_update_slice_in_dim(buf, rows.astype(buf.dtype), start, axis=0)
+
+
+# ------------------------------------------------------------------------------------------------
+# fused_divergence
+# ------------------------------------------------------------------------------------------------
+
+
+def _dense_forward(g, chunk, inv_tau, p, q, row_mask, need_p, need_q):
+    n, _ = q.shape
+    chunk = min(chunk, n)
+    init = (
+        jnp.zeros((n,), jnp.float32),
+        jnp.zeros(p.shape, p.dtype) if need_p else None,
+        jnp.zeros(q.shape, q.dtype) if need_q else None,
+    )
+
+    def body(start, _, carry):
+        values, grad_p, grad_q = carry
+        mask = _rows(row_mask, start, chunk)
+        v, gp, gq = _dense_chunk(
+            g,
+            _rows(p, start, chunk).astype(jnp.float32),
+            _rows(q, start, chunk).astype(jnp.float32),
+            inv_tau,
+            need_p,
+            need_q,
+        )
+        values = _put_rows(values, jnp.where(mask, v, 0.0), start)
+        if need_p:
+            grad_p = _put_rows(grad_p, jnp.where(mask[:, None], gp, 0.0), start)
+        if need_q:
+            grad_q = _put_rows(grad_q, jnp.where(mask[:, None], gq, 0.0), start)
+        return values, grad_p, grad_q
+
+    return _chunk_loop(n, chunk, body, init)
+
+
+def _topk_forward(g, chunk, inv_tau, indices, log_probs, q, row_mask, need_q):
+    n, _ = q.shape
+    chunk = min(chunk, n)
+    init = (jnp.zeros((n,), jnp.float32), jnp.zeros(q.shape, q.dtype) if need_q else None)
+
+    def body(start, _, carry):
+        values, grad_q = carry
+        mask = _rows(row_mask, start, chunk)
+        v, gq = _topk_chunk(
+            g,
+            _rows(indices, start, chunk),
+            _rows(log_probs, start, chunk).astype(jnp.float32),
+            _rows(q, start, chunk).astype(jnp.float32),
+            inv_tau,
+            need_q,
+        )
+        values = _put_rows(values, jnp.where(mask, v, 0.0), start)
+        if need_q:
+            grad_q = _put_rows(grad_q, jnp.where(mask[:, None], gq, 0.0), start)
+        return values, grad_q
+
+    return _chunk_loop(n, chunk, body, init)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2))
+def _fused_dense(g, chunk, inv_tau, p, q, row_mask):
+    return _dense_forward(g, chunk, inv_tau, p, q, row_mask, False, False)[0]
+
+
+def _fused_dense_jvp(g, chunk, inv_tau, primals, tangents):
+    p, q, row_mask = primals
+    tp, tq, _ = tangents
+    need_p, need_q = not _is_zero(tp), not _is_zero(tq)
+    values, grad_p, grad_q = _dense_forward(g, chunk, inv_tau, p, q, row_mask, need_p, need_q)
+    tangent = jnp.zeros_like(values)
+    if need_p:
+        tangent = tangent + jnp.sum(grad_p.astype(jnp.float32) * tp.astype(jnp.float32), axis=-1)
+    if need_q:
+        tangent = tangent + jnp.sum(grad_q.astype(jnp.float32) * tq.astype(jnp.float32), axis=-1)
+    return values, tangent
+
+
+_fused_dense.defjvp(_fused_dense_jvp, symbolic_zeros=True)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2))
+def _fused_topk(g, chunk, inv_tau, indices, log_probs, q, row_mask):
+    return _topk_forward(g, chunk, inv_tau, indices, log_probs, q, row_mask, False)[0]
+
+
+def _fused_topk_jvp(g, chunk, inv_tau, primals, tangents):
+    indices, log_probs, q, row_mask = primals
+    _, t_log_probs, tq, _ = tangents
+    if not _is_zero(t_log_probs):
+        raise ValueError(
+            "fused_divergence: a TopKTeacher's log_probs are data, not differentiable; "
+            "wrap them in jax.lax.stop_gradient or pass dense teacher logits"
+        )
+    need_q = not _is_zero(tq)
+    values, grad_q = _topk_forward(g, chunk, inv_tau, indices, log_probs, q, row_mask, need_q)
+    tangent = jnp.zeros_like(values)
+    if need_q:
+        tangent = jnp.sum(grad_q.astype(jnp.float32) * tq.astype(jnp.float32), axis=-1)
+    return values, tangent
+
+
+_fused_topk.defjvp(_fused_topk_jvp, symbolic_zeros=True)
+
+
+def _check_temperature(temperature):
+    temperature = float(temperature)
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    return 1.0 / temperature
+
+
+def _row_mask(where, shape):
+    if where is None:
+        return jnp.ones(shape, bool)
+    where = jnp.asarray(where, bool)
+    try:
+        return jnp.broadcast_to(where, shape)
+    except ValueError as err:
+        raise ValueError(f"where must broadcast to the rows {shape}, got {where.shape}") from err
+
+
+def fused_divergence(
+    name_or_generator: str | gen.Generator,
+    p_logits: ArrayLike | TopKTeacher,
+    q_logits: ArrayLike,
+    *,
+    temperature: float = 1.0,
+    where: ArrayLike | None = None,
+    chunk_rows: int | None = None,
+) -> jax.Array:
+    r"""``D_f(P || Q)`` per row, ``P = softmax(p / tau)``, ``Q = softmax(q / tau)``, chunked and fused.
+
+    Equals ``fdiv.divergence(g, p / tau, q / tau)`` (same per-class rule: exact zero classes,
+    every generator) while holding only ``O(chunk_rows * V)`` intermediates; under ``jax.grad`` the
+    only ``[N, V]`` array it adds is the gradient of each differentiated input. bfloat16 / float16
+    logits are computed in float32 and their gradients returned in the input dtype.
+
+    Args:
+      name_or_generator: generator name (``"kl"``, ``"js"``, ``"skew_js"`` ...) or object; the
+        generalised JSD of TRL / Liger is ``fdiv.generators.get("skew_js", beta=b)``.
+      p_logits: teacher logits ``[..., V]``, or a :class:`TopKTeacher` (``[..., k]``).
+      q_logits: student logits ``[..., V]``.
+      temperature: ``tau > 0``; logits are divided by it (no ``tau^2`` factor: that is the caller's).
+      where: optional boolean ``[...]`` row mask (ignored tokens get value and gradient 0).
+      chunk_rows: rows per chunk (default: :func:`default_chunk_rows`).
+
+    Returns:
+      ``[...]`` per-row divergences (float32 for low-precision inputs).
+    """
+    g = gen.resolve(name_or_generator)
+    inv_tau = _check_temperature(temperature)
+    q = jnp.asarray(q_logits)
+    if q.ndim < 1:
+        raise ValueError("fused_divergence: q_logits need a class axis")
+    batch, vocab = q.shape[:-1], q.shape[-1]
+    chunk = int(chunk_rows or default_chunk_rows(vocab))
+    if chunk < 1:
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    mask = _row_mask(where, batch).reshape(-1)
+    q2 = q.reshape(-1, vocab)
+    if q2.shape[0] == 0:
+        return jnp.zeros(batch, jnp.float32)
+    if isinstance(p_logits, TopKTeacher):
+        idx = jnp.asarray(p_logits.indices)
+        lp = jnp.asarray(p_logits.log_probs)
+        if idx.shape != lp.shape or idx.shape[:-1] != batch:
+            raise ValueError(
+                f"TopKTeacher indices {idx.shape} and log_probs {lp.shape} must both be "
+                f"[..., k] with the rows {batch} of q_logits"
+            )
+        k = idx.shape[-1]
+        values = _fused_topk(
+            g, chunk, inv_tau, idx.reshape(-1, k).astype(jnp.int32), lp.reshape(-1, k), q2, mask
+        )
+    else:
+        p = jnp.asarray(p_logits)
+        if p.shape != q.shape:
+            raise ValueError(f"p_logits {p.shape} and q_logits {q.shape} must have one shape")
+        values = _fused_dense(g, chunk, inv_tau, p.reshape(-1, vocab), q2, mask)
+    return values.reshape(batch)
+
+
+# ------------------------------------------------------------------------------------------------
+# fused_linear_divergence
+# ------------------------------------------------------------------------------------------------
+
+
+def _teacher_chunk(teacher, start, chunk):
+    """The teacher's rows ``[start, start + chunk)`` as float32 logits or a top-k pair."""
+    if isinstance(teacher, TopKTeacher):
+        return TopKTeacher(
+            _rows(teacher.indices, start, chunk),
+            _rows(teacher.log_probs, start, chunk).astype(jnp.float32),
+        )
+    if isinstance(teacher, tuple):  # (teacher_hidden [N, Ht], teacher_weight [V, Ht])
+        hidden_t, weight_t = teacher
+        return jnp.dot(
+            _rows(hidden_t, start, chunk), weight_t.T, preferred_element_type=jnp.float32
+        )
+    return _rows(teacher, start, chunk).astype(jnp.float32)
+
+
+def _linear_forward(g, chunk, inv_tau, hidden, weight, teacher, row_mask, need_h, need_w):
+    n, h_dim = hidden.shape
+    chunk = min(chunk, n)
+    init = (
+        jnp.zeros((), jnp.float32),
+        jnp.zeros(hidden.shape, hidden.dtype) if need_h else None,
+        jnp.zeros(weight.shape, jnp.float32) if need_w else None,
+    )
+    need = need_h or need_w
+
+    def body(start, is_new, carry):
+        total, grad_h, grad_w = carry
+        h = _rows(hidden, start, chunk)
+        logits = jnp.dot(h, weight.T, preferred_element_type=jnp.float32)
+        t = _teacher_chunk(teacher, start, chunk)
+        if isinstance(t, TopKTeacher):
+            v, gq = _topk_chunk(g, t.indices, t.log_probs, logits, inv_tau, need)
+        else:
+            v, _, gq = _dense_chunk(g, t, logits, inv_tau, False, need)
+        mask = _rows(row_mask, start, chunk)
+        total = total + jnp.sum(jnp.where(mask & is_new, v, 0.0))
+        if need:
+            gq = jnp.where(mask[:, None], gq, 0.0)
+        if need_h:
+            gh = jnp.dot(gq, weight.astype(jnp.float32), preferred_element_type=jnp.float32)
+            grad_h = _put_rows(grad_h, gh, start)
+        if need_w:
+            fresh = jnp.where(is_new[:, None], gq, 0.0)  # overlapping rows were counted already
+            grad_w = grad_w + jnp.dot(
+                fresh.T, h.astype(jnp.float32), preferred_element_type=jnp.float32
+            )
+        return total, grad_h, grad_w
+
+    return _chunk_loop(n, chunk, body, init)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2, 3))
+def _fused_linear(g, chunk, inv_tau, scale, hidden, weight, teacher, row_mask):
+    total = _linear_forward(g, chunk, inv_tau, hidden, weight, teacher, row_mask, False, False)[0]
+    return total * scale(row_mask)
+
+
+def _fused_linear_jvp(g, chunk, inv_tau, scale, primals, tangents):
+    hidden, weight, teacher, row_mask = primals
+    th, tw, _, _ = tangents  # the teacher is data: its tangent is ignored (documented)
+    need_h, need_w = not _is_zero(th), not _is_zero(tw)
+    total, grad_h, grad_w = _linear_forward(
+        g, chunk, inv_tau, hidden, weight, teacher, row_mask, need_h, need_w
+    )
+    s = scale(row_mask)
+    tangent = jnp.zeros((), jnp.float32)
+    if need_h:
+        tangent = tangent + jnp.vdot(grad_h.astype(jnp.float32), th.astype(jnp.float32))
+    if need_w:
+        tangent = tangent + jnp.vdot(grad_w, tw.astype(jnp.float32))
+    return total * s, tangent * s
+
+
+_fused_linear.defjvp(_fused_linear_jvp, symbolic_zeros=True)
+
+
+def _mean_scale(row_mask):
+    return 1.0 / jnp.maximum(jnp.sum(row_mask.astype(jnp.float32)), 1.0)
+
+
+def _sum_scale(row_mask):
+    return jnp.ones((), jnp.float32)
+
+
+def fused_linear_divergence(
+    name_or_generator: str | gen.Generator,
+    hidden: ArrayLike,
+    weight: ArrayLike,
+    teacher: ArrayLike | TopKTeacher | tuple[ArrayLike, ArrayLike],
+    *,
+    temperature: float = 1.0,
+    where: ArrayLike | None = None,
+    reduction: str = "mean",
+    chunk_rows: int | None = None,
+) -> jax.Array:
+    r"""``D_f(P || Q)`` with the student's projection fused: ``Q = softmax(hidden @ weight.T / tau)``.
+
+    The student logits ``[N, V]`` are formed one row chunk at a time (float32 accumulation) and
+    never exist in full; under ``jax.grad`` the gradients for ``hidden`` and ``weight`` are
+    accumulated in the same pass (``dL/dh = G W``, ``dL/dW = sum_chunks G^T h`` with ``G`` a chunk
+    of logit gradients). The teacher is data: it receives no gradient (as in distillation).
+
+    Args:
+      name_or_generator: generator name or object.
+      hidden: ``[..., H]`` student hidden states.
+      weight: ``[V, H]`` the student's output projection (``logits = hidden @ weight.T``).
+      teacher: ``[..., V]`` teacher logits, a :class:`TopKTeacher`, or a pair
+        ``(teacher_hidden [..., Ht], teacher_weight [V, Ht])`` whose logits are also formed per chunk.
+      temperature: ``tau > 0`` dividing both logits.
+      where: optional boolean ``[...]`` row mask (e.g. padding / prompt tokens excluded).
+      reduction: ``"mean"`` over unmasked rows, or ``"sum"``.
+      chunk_rows: rows per chunk (default: :func:`default_chunk_rows`).
+
+    Returns:
+      A float32 scalar.
+    """
+    g = gen.resolve(name_or_generator)
+    inv_tau = _check_temperature(temperature)
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    hidden = jnp.asarray(hidden)
+    weight = jnp.asarray(weight)
+    if weight.ndim != 2 or hidden.shape[-1] != weight.shape[1]:
+        raise ValueError(
+            f"weight must be [V, H] with H = hidden.shape[-1]; got {weight.shape}, hidden {hidden.shape}"
+        )
+    batch, vocab = hidden.shape[:-1], weight.shape[0]
+    chunk = int(chunk_rows or default_chunk_rows(vocab))
+    if chunk < 1:
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    h2 = hidden.reshape(-1, hidden.shape[-1])
+    if isinstance(teacher, TopKTeacher):
+        k = teacher.indices.shape[-1]
+        t2 = TopKTeacher(
+            jnp.asarray(teacher.indices).reshape(-1, k).astype(jnp.int32),
+            jax.lax.stop_gradient(jnp.asarray(teacher.log_probs)).reshape(-1, k),
+        )
+    elif isinstance(teacher, tuple):
+        t_hidden, t_weight = (jax.lax.stop_gradient(jnp.asarray(a)) for a in teacher)
+        if t_weight.shape[0] != vocab:
+            raise ValueError(f"teacher_weight must have V = {vocab} rows, got {t_weight.shape}")
+        t2 = (t_hidden.reshape(-1, t_hidden.shape[-1]), t_weight)
+    else:
+        t = jax.lax.stop_gradient(jnp.asarray(teacher))
+        if t.shape != (*batch, vocab):
+            raise ValueError(f"teacher logits must be {(*batch, vocab)}, got {t.shape}")
+        t2 = t.reshape(-1, vocab)
+    mask = _row_mask(where, batch).reshape(-1)
+    if h2.shape[0] == 0:
+        return jnp.zeros((), jnp.float32)
+    scale = _mean_scale if reduction == "mean" else _sum_scale
+    return _fused_linear(g, chunk, inv_tau, scale, h2, weight, t2, mask)
