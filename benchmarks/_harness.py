@@ -43,8 +43,32 @@ def temp_bytes(fn, *args) -> int:
 
 
 def peak_rss_bytes() -> int:
-    """This process's peak resident set size in bytes (Linux reports KiB)."""
+    """This process's peak resident set size in bytes since start or the last :func:`reset_peak_rss`.
+
+    Reads ``VmHWM`` from ``/proc/self/status`` (Linux), falling back to ``ru_maxrss``.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def reset_peak_rss() -> bool:
+    """Reset the peak-RSS high-water mark to the current RSS (Linux ``clear_refs`` 5).
+
+    Lets a child exclude what came before the measured step, e.g. XLA compilation, whose peak
+    otherwise dwarfs the step's own working memory at small sizes. Returns whether it worked.
+    """
+    try:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def run_child(module: str, variant: str, *extra: str) -> dict:

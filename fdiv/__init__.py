@@ -5,7 +5,7 @@ Gaussians, Monte Carlo / importance-weighted / variational estimators, and prope
 helpers for your own generators (``fdiv.testing``). Argument order is always ``(P, Q)``.
 """
 
-from fdiv import generators, testing
+from fdiv import fused, generators, testing
 from fdiv.divergences import (
     DivergenceTerms,
     divergence,
@@ -27,6 +27,7 @@ __all__ = [
     "divergence_terms",
     "gaussian_kl",
     "gaussian_kl_diag",
+    "fused",
     "generators",
     "testing",
     "importance_weighted_divergence",

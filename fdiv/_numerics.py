@@ -62,17 +62,19 @@ def log1p_over(a: float, x: jax.Array) -> jax.Array:
     return jnp.log1p(a * x) / a
 
 
-def log_softmax(logits: jax.Array) -> jax.Array:
-    """``log_softmax`` over the last axis that keeps ``-inf`` entries at ``-inf`` and never NaNs.
+def log_softmax_and_softmax(logits: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(log_softmax, softmax)`` over the last axis from one ``exp`` per entry.
 
-    A row whose entries are all ``-inf`` (no support) comes back as all ``-inf``: zero mass
-    everywhere, rather than NaN. ``+inf`` logits are not valid input.
+    ``-inf`` entries stay at ``-inf`` / exactly 0; a row of all ``-inf`` gives all ``-inf`` / 0.
     """
     peak = jnp.max(logits, axis=-1, keepdims=True)
     peak = jnp.where(jnp.isfinite(peak), peak, 0.0)
     shifted = logits - jax.lax.stop_gradient(peak)
-    lse = jnp.log(jnp.sum(jnp.exp(shifted), axis=-1, keepdims=True))
-    return shifted - jnp.where(lse == -jnp.inf, 0.0, lse)
+    e = jnp.exp(shifted)
+    total = jnp.sum(e, axis=-1, keepdims=True)
+    empty = total == 0
+    log_p = shifted - jnp.where(empty, 0.0, jnp.log(jnp.where(empty, 1.0, total)))
+    return log_p, e / jnp.where(empty, 1.0, total)
 
 
 @jax.custom_jvp

@@ -41,7 +41,7 @@ class DivergenceTerms(NamedTuple):
     dq: jax.Array
 
 
-def _generic_terms(g: gen.Generator, lp, lq) -> DivergenceTerms:
+def _generic_terms(g: gen.Generator, lp, lq, p, q) -> DivergenceTerms:
     """Any generator, evaluating ``f`` and its dual only at ratios <= 1 (no overflow).
 
     Where ``p <= q`` the term is ``q f(p/q)``; where ``p > q`` it is ``p f_dual(q/p)`` with
@@ -51,7 +51,6 @@ def _generic_terms(g: gen.Generator, lp, lq) -> DivergenceTerms:
     below = lp <= lq
     log_u = jnp.where(below, lp - lq, 0.0)  # <= 0, -inf where p = 0 < q
     log_v = jnp.where(below, 0.0, lq - lp)  # <= 0, -inf where q = 0 < p
-    p, q = jnp.exp(lp), jnp.exp(lq)
     dual = g.dual
     if dual == g:
         # Self-dual f (JS, Hellinger, TV, Jeffreys, triangular ...): f_dual = f, so one evaluation
@@ -74,24 +73,28 @@ def _generic_terms(g: gen.Generator, lp, lq) -> DivergenceTerms:
     return DivergenceTerms(term, dp, dq)
 
 
-def _kl_terms(lp, lq) -> DivergenceTerms:
+def _kl_terms(lp, lq, p, q) -> DivergenceTerms:
     """KL: ``term = p log(p/q) - p + q``, ``dp = p log(p/q)``, ``dq = q - p``."""
     log_ratio = jnp.where(lp == -jnp.inf, 0.0, lp - lq)  # +inf where q = 0 < p: KL = inf
-    p, q = jnp.exp(lp), jnp.exp(lq)
     dp = nx.mul0(p, log_ratio)
     return DivergenceTerms(dp - p + q, dp, q - p)
 
 
-def _reverse_kl_terms(lp, lq) -> DivergenceTerms:
-    term, dq, dp = _kl_terms(lq, lp)
+def _reverse_kl_terms(lp, lq, p, q) -> DivergenceTerms:
+    term, dq, dp = _kl_terms(lq, lp, q, p)
     return DivergenceTerms(term, dp, dq)
 
 
-def _js_terms(lp, lq) -> DivergenceTerms:
-    """JS fast path: ``dp = p log(p/m)/2``, ``dq = q log(q/m)/2``, ``term = dp + dq``, ``m = (p+q)/2``."""
-    lm = jnp.logaddexp(lp, lq) - math.log(2.0)
-    dp = 0.5 * nx.mul0(jnp.exp(lp), lp - lm)
-    dq = 0.5 * nx.mul0(jnp.exp(lq), lq - lm)
+def _js_terms(lp, lq, p, q) -> DivergenceTerms:
+    """JS fast path: ``dp = p log(p/m)/2``, ``dq = q log(q/m)/2``, ``term = dp + dq``, ``m = (p+q)/2``.
+
+    ``log m`` is one ``log`` of the probability-space mixture (not a ``logaddexp``), floored by
+    ``max(log p, log q) - log 2``, which ``m`` always exceeds, so an ``m`` lost to underflow never
+    gives an infinite ``log(p/m)``.
+    """
+    lm = jnp.maximum(jnp.log(0.5 * (p + q)), jnp.maximum(lp, lq) - math.log(2.0))
+    dp = 0.5 * nx.mul0(p, lp - lm)
+    dq = 0.5 * nx.mul0(q, lq - lm)
     return DivergenceTerms(dp + dq, dp, dq)
 
 
@@ -105,7 +108,7 @@ def _log_abs_expm1(x):
     )
 
 
-def _power_terms(a: float, lp, lq) -> DivergenceTerms:
+def _power_terms(a: float, lp, lq, p, q) -> DivergenceTerms:
     """Alpha-divergence terms (Pearson = 2 alpha(2), Neyman = 2 alpha(-1)) exact at extreme ratios.
 
     The generic rule multiplies ``q`` by ``f'(v)``, which for power generators overflows long
@@ -114,10 +117,9 @@ def _power_terms(a: float, lp, lq) -> DivergenceTerms:
     ``q u^a = exp(a log p + (1 - a) log q)``, ``p f'(u) = p expm1((a - 1) d) / (a - 1)`` with
     ``d = log(p/q)``; below it (where those forms would cancel) the generic rule is exact.
     """
-    generic = _generic_terms(gen.Alpha(a), lp, lq)
+    generic = _generic_terms(gen.Alpha(a), lp, lq, p, q)
     d = lp - lq
     far = jnp.abs(d) > min(20.0, 40.0 / max(abs(a), abs(a - 1.0)))
-    p, q = jnp.exp(lp), jnp.exp(lq)
     log_q_ua = jnp.where(lp == -jnp.inf, -jnp.inf, a * lp) + jnp.where(
         lq == -jnp.inf, -jnp.inf, (1.0 - a) * lq
     )
@@ -131,7 +133,7 @@ def _power_terms(a: float, lp, lq) -> DivergenceTerms:
     return DivergenceTerms(
         jnp.where(far, term, generic.term),
         jnp.where(far, dp, generic.dp),
-        jnp.where(far, term - dp, generic.dq),
+        jnp.where(far, jnp.where(lq == -jnp.inf, 0.0, term - dp), generic.dq),  # q = 0: exact 0
     )
 
 
@@ -149,9 +151,9 @@ def _fast_path(g: gen.Generator):
     if kind is gen.JS:
         return _js_terms
     if kind is gen.Pearson:
-        return lambda lp, lq: _scaled(2.0, _power_terms(2.0, lp, lq))
+        return lambda *args: _scaled(2.0, _power_terms(2.0, *args))
     if kind is gen.Neyman:
-        return lambda lp, lq: _scaled(2.0, _power_terms(-1.0, lp, lq))
+        return lambda *args: _scaled(2.0, _power_terms(-1.0, *args))
     # Near a = 0 or 1 the power form cancels, and the generic rule only overflows at
     # |log(p/q)| > 88 / |a - 1| or 88 / |a|: keep the generic rule there.
     if kind is gen.Alpha and min(abs(g.alpha), abs(1.0 - g.alpha)) >= 0.05:
@@ -162,8 +164,17 @@ def _fast_path(g: gen.Generator):
 _ZERO_SAFE_RULES = (_kl_terms, _reverse_kl_terms, _js_terms)
 
 
-def divergence_terms(g: gen.Generator, log_p: jax.Array, log_q: jax.Array) -> DivergenceTerms:
+def divergence_terms(
+    g: gen.Generator,
+    log_p: jax.Array,
+    log_q: jax.Array,
+    p: jax.Array | None = None,
+    q: jax.Array | None = None,
+) -> DivergenceTerms:
     """Per-class terms of ``D_f`` for normalised log-probabilities (see :class:`DivergenceTerms`).
+
+    ``p = exp(log_p)`` and ``q = exp(log_q)`` may be passed when already at hand (a softmax gives
+    both from one ``exp``), saving two transcendentals per class.
 
     Classes absent from both distributions: the KL and JS rules give exact zeros there by
     themselves (every product is ``mul0`` with a zero probability); for the others they are handled
@@ -171,37 +182,41 @@ def divergence_terms(g: gen.Generator, log_p: jax.Array, log_q: jax.Array) -> Di
     set to exactly 0 after. (Masking the closed-form rules too would cost them ~0.5 GB of extra
     working memory at [2048, 32000], measured with benchmarks/categorical.py.)
     """
+    p = jnp.exp(log_p) if p is None else p
+    q = jnp.exp(log_q) if q is None else q
     fast = _fast_path(g)
     if fast in _ZERO_SAFE_RULES:
-        return fast(log_p, log_q)
+        return fast(log_p, log_q, p, q)
     both = (log_p == -jnp.inf) & (log_q == -jnp.inf)
-    lp = jnp.where(both, 0.0, log_p)
-    lq = jnp.where(both, 0.0, log_q)
-    terms = fast(lp, lq) if fast is not None else _generic_terms(g, lp, lq)
+    lp, lq = jnp.where(both, 0.0, log_p), jnp.where(both, 0.0, log_q)
+    p, q = jnp.where(both, 1.0, p), jnp.where(both, 1.0, q)
+    rule = fast if fast is not None else functools.partial(_generic_terms, g)
+    terms = rule(lp, lq, p, q)
     return DivergenceTerms(*(jnp.where(both, 0.0, t) for t in terms))
-
-
-def _log_probs_and_terms(g, p_logits, q_logits):
-    lp = nx.log_softmax(p_logits)
-    lq = nx.log_softmax(q_logits)
-    return lp, lq, divergence_terms(g, lp, lq)
 
 
 def _sum_terms(term):
     return jnp.sum(jnp.maximum(term, 0.0), axis=-1)  # each term is >= 0 exactly; drop rounding
 
 
-def _value_and_logit_grads(g, p_logits, q_logits):
-    lp, lq, (term, dp, dq) = _log_probs_and_terms(g, p_logits, q_logits)
-    value = _sum_terms(term)
-    grad_p = dp - jnp.exp(lp) * jnp.sum(dp, axis=-1, keepdims=True)
-    grad_q = dq - jnp.exp(lq) * jnp.sum(dq, axis=-1, keepdims=True)
-    return value, grad_p, grad_q
+def value_and_logit_grads(g, p_logits, q_logits, *, need_p=True, need_q=True):
+    """``D_f`` per row and its gradients w.r.t. both logits (``None`` where not needed), ``[..., V]``.
+
+    The one rule behind :func:`divergence` and the fused kernels: one ``exp`` per logit gives both
+    log-probabilities and probabilities, the per-class terms give the value, and the softmax
+    Jacobian gives ``dD/dx_p = dp - p sum(dp)``, ``dD/dx_q = dq - q sum(dq)``.
+    """
+    lp, p = nx.log_softmax_and_softmax(p_logits)
+    lq, q = nx.log_softmax_and_softmax(q_logits)
+    term, dp, dq = divergence_terms(g, lp, lq, p, q)
+    grad_p = dp - p * jnp.sum(dp, axis=-1, keepdims=True) if need_p else None
+    grad_q = dq - q * jnp.sum(dq, axis=-1, keepdims=True) if need_q else None
+    return _sum_terms(term), grad_p, grad_q
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
 def _categorical(g, p_logits, q_logits):
-    return _sum_terms(_log_probs_and_terms(g, p_logits, q_logits)[2].term)
+    return value_and_logit_grads(g, p_logits, q_logits, need_p=False, need_q=False)[0]
 
 
 @_categorical.defjvp
@@ -212,7 +227,7 @@ def _categorical_jvp(g, primals, tangents):
     # rule (not a VJP), forward mode, jax.hessian and jvp-of-grad keep working.
     p_logits, q_logits = primals
     tp, tq = tangents
-    value, grad_p, grad_q = _value_and_logit_grads(g, p_logits, q_logits)
+    value, grad_p, grad_q = value_and_logit_grads(g, p_logits, q_logits)
     tangent = jnp.sum(grad_p * tp, axis=-1) + jnp.sum(grad_q * tq, axis=-1)
     return value, tangent
 

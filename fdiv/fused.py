@@ -37,7 +37,7 @@ from jax.typing import ArrayLike
 
 from fdiv import _numerics as nx
 from fdiv import generators as gen
-from fdiv.divergences import divergence_terms
+from fdiv.divergences import divergence_terms, value_and_logit_grads
 
 __all__ = ["TopKTeacher", "fused_divergence", "fused_linear_divergence", "default_chunk_rows"]
 
@@ -82,18 +82,17 @@ def _log_tail(log_mass_topk):
 
 def _dense_chunk(g, p_chunk, q_chunk, inv_tau, need_p, need_q):
     """Per-row values and (optionally) logit gradients for dense logits ``[C, V]`` (float32)."""
-    lp = nx.log_softmax(p_chunk * inv_tau)
-    lq = nx.log_softmax(q_chunk * inv_tau)
-    term, dp, dq = divergence_terms(g, lp, lq)
-    value = jnp.sum(jnp.maximum(term, 0.0), axis=-1)
-    grad_p = (dp - jnp.exp(lp) * jnp.sum(dp, -1, keepdims=True)) * inv_tau if need_p else None
-    grad_q = (dq - jnp.exp(lq) * jnp.sum(dq, -1, keepdims=True)) * inv_tau if need_q else None
+    value, grad_p, grad_q = value_and_logit_grads(
+        g, p_chunk * inv_tau, q_chunk * inv_tau, need_p=need_p, need_q=need_q
+    )
+    grad_p = grad_p * inv_tau if need_p else None
+    grad_q = grad_q * inv_tau if need_q else None
     return value, grad_p, grad_q
 
 
 def _topk_chunk(g, indices, log_probs, q_chunk, inv_tau, need_q):
     """Values and student-logit gradients against a top-k teacher (``k + 1`` buckets)."""
-    lq = nx.log_softmax(q_chunk * inv_tau)
+    lq, q = nx.log_softmax_and_softmax(q_chunk * inv_tau)
     lq_k = jnp.take_along_axis(lq, indices, axis=-1)
     lp_b = jnp.concatenate([log_probs, _log_tail(log_probs)[:, None]], axis=-1)
     lq_tail = _log_tail(lq_k)
@@ -104,7 +103,6 @@ def _topk_chunk(g, indices, log_probs, q_chunk, inv_tau, need_q):
         return value, None
     # d D / d x_j = q_j (a_b(j) - sum_b dq_b), a_b = dq_b / q_b; b(j) the bucket of class j.
     total = jnp.sum(dq, axis=-1, keepdims=True)
-    q = jnp.exp(lq)
     tail_share = jnp.where(lq_tail[:, None] == -jnp.inf, 0.0, jnp.exp(lq - lq_tail[:, None]))
     grad = nx.mul0(tail_share, dq[:, -1:]) - q * total
     top = dq[:, :-1] - jnp.take_along_axis(q, indices, axis=-1) * total
