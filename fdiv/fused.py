@@ -54,6 +54,9 @@ class TopKTeacher(NamedTuple):
     (top-k classes + one tail bucket holding ``1 - sum`` of each). By the data-processing inequality
     this is a lower bound on ``D_f`` for every ``f``; it equals ``D_f`` exactly when the teacher's
     tail is proportional to the student's (in particular when the teacher has no tail).
+
+    ``temperature`` applies to the student's logits only: a top-k teacher is already a
+    distribution, so build it from ``log_softmax(teacher_logits / tau)``.
     """
 
     indices: jax.Array
@@ -296,7 +299,7 @@ def fused_divergence(
     if q.ndim < 1:
         raise ValueError("fused_divergence: q_logits need a class axis")
     batch, vocab = q.shape[:-1], q.shape[-1]
-    chunk = int(chunk_rows or default_chunk_rows(vocab))
+    chunk = default_chunk_rows(vocab) if chunk_rows is None else int(chunk_rows)
     if chunk < 1:
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
     mask = _row_mask(where, batch).reshape(-1)
@@ -455,7 +458,7 @@ def fused_linear_divergence(
             f"weight must be [V, H] with H = hidden.shape[-1]; got {weight.shape}, hidden {hidden.shape}"
         )
     batch, vocab = hidden.shape[:-1], weight.shape[0]
-    chunk = int(chunk_rows or default_chunk_rows(vocab))
+    chunk = default_chunk_rows(vocab) if chunk_rows is None else int(chunk_rows)
     if chunk < 1:
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
     h2 = hidden.reshape(-1, hidden.shape[-1])
