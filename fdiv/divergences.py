@@ -6,9 +6,7 @@ p, q)`` is the forward KL ``KL(P || Q)``; this is *not* torch's ``kl_div(input, 
 
 from __future__ import annotations
 
-import functools
 import math
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -16,8 +14,10 @@ from jax.typing import ArrayLike
 
 from fdiv import _numerics as nx
 from fdiv import generators as gen
+from fdiv._core import DivergenceTerms, default_chunk_rows, divergence_terms, fused_dense
 
 __all__ = [
+    "DivergenceTerms",
     "divergence",
     "divergence_terms",
     "gaussian_kl_diag",
@@ -26,210 +26,6 @@ __all__ = [
     "importance_weighted_divergence",
     "variational_lower_bound",
 ]
-
-
-class DivergenceTerms(NamedTuple):
-    """Per-class pieces of ``D = sum_k term_k`` for log-probabilities ``lp``, ``lq`` ([..., V]).
-
-    ``term = q f_n(p/q) >= 0`` (``f_n`` the normalised generator), ``dp = p * d term/dp`` and
-    ``dq = q * d term/dq`` with ``p``, ``q`` treated as free variables. The logit gradients follow
-    through the softmax Jacobian: ``dD/dx_p = dp - p sum(dp)``, ``dD/dx_q = dq - q sum(dq)``.
-    """
-
-    term: jax.Array
-    dp: jax.Array
-    dq: jax.Array
-
-
-def _generic_terms(g: gen.Generator, lp, lq, p, q) -> DivergenceTerms:
-    """Any generator, evaluating ``f`` and its dual only at ratios <= 1 (no overflow).
-
-    Where ``p <= q`` the term is ``q f(p/q)``; where ``p > q`` it is ``p f_dual(q/p)`` with
-    ``f_dual(v) = v f(1/v)`` (classes absent from both: see :func:`divergence_terms`); ``q = 0 < p`` gives
-    ``p f'(inf)`` (``+inf`` for unbounded ``f``), ``p = 0 < q`` gives ``q f(0)``.
-    """
-    below = lp <= lq
-    log_u = jnp.where(below, lp - lq, 0.0)  # <= 0, -inf where p = 0 < q
-    log_v = jnp.where(below, 0.0, lq - lp)  # <= 0, -inf where q = 0 < p
-    dual = g.dual
-    if dual == g:
-        # Self-dual f (JS, Hellinger, TV, Jeffreys, triangular ...): f_dual = f, so one evaluation
-        # at log(min(p, q) / max(p, q)) = log_u + log_v serves both branches.
-        log_w = log_u + log_v
-        f_w, fp_w = g._f_normalized(log_w), g._f_prime_normalized(log_w)
-        big, small = jnp.where(below, q, p), jnp.where(below, p, q)
-        term = nx.mul0(big, f_w)
-        d_small = nx.mul0(small, fp_w)  # small * d term / d small
-        d_big = term - d_small
-        dp, dq = jnp.where(below, d_small, d_big), jnp.where(below, d_big, d_small)
-        return DivergenceTerms(term, dp, dq)
-    term_a = nx.mul0(q, g._f_normalized(log_u))
-    dp_a = nx.mul0(p, g._f_prime_normalized(log_u))
-    term_b = nx.mul0(p, dual._f_normalized(log_v))
-    dq_b = nx.mul0(q, dual._f_prime_normalized(log_v))
-    term = jnp.where(below, term_a, term_b)
-    dp = jnp.where(below, dp_a, term_b - dq_b)  # p d/dp [p f_dual(q/p)] = p f_dual - q f_dual'
-    dq = jnp.where(below, term_a - dp_a, dq_b)  # q d/dq [q f(p/q)] = q f - p f'
-    return DivergenceTerms(term, dp, dq)
-
-
-def _kl_terms(lp, lq, p, q) -> DivergenceTerms:
-    """KL: ``term = p log(p/q) - p + q``, ``dp = p log(p/q)``, ``dq = q - p``."""
-    log_ratio = jnp.where(lp == -jnp.inf, 0.0, lp - lq)  # +inf where q = 0 < p: KL = inf
-    dp = nx.mul0(p, log_ratio)
-    return DivergenceTerms(dp - p + q, dp, q - p)
-
-
-def _reverse_kl_terms(lp, lq, p, q) -> DivergenceTerms:
-    term, dq, dp = _kl_terms(lq, lp, q, p)
-    return DivergenceTerms(term, dp, dq)
-
-
-def _js_terms(lp, lq, p, q) -> DivergenceTerms:
-    """JS fast path: ``dp = p log(p/m)/2``, ``dq = q log(q/m)/2``, ``term = dp + dq``, ``m = (p+q)/2``.
-
-    ``log m`` is one ``log`` of the probability-space mixture (not a ``logaddexp``), floored by
-    ``max(log p, log q) - log 2``, which ``m`` always exceeds, so an ``m`` lost to underflow never
-    gives an infinite ``log(p/m)``.
-    """
-    lm = jnp.maximum(jnp.log(0.5 * (p + q)), jnp.maximum(lp, lq) - math.log(2.0))
-    dp = 0.5 * nx.mul0(p, lp - lm)
-    dq = 0.5 * nx.mul0(q, lq - lm)
-    return DivergenceTerms(dp + dq, dp, dq)
-
-
-def _log_abs_expm1(x):
-    """``log |expm1(x)|`` without overflow for large ``x`` (``-inf`` at 0)."""
-    pos = x > 0
-    return jnp.where(
-        pos,
-        x + jnp.log(-jnp.expm1(-jnp.where(pos, x, 1.0))),
-        jnp.log(-jnp.expm1(jnp.where(pos, -1.0, x))),
-    )
-
-
-def _power_terms(a: float, lp, lq, p, q) -> DivergenceTerms:
-    """Alpha-divergence terms (Pearson = 2 alpha(2), Neyman = 2 alpha(-1)) exact at extreme ratios.
-
-    The generic rule multiplies ``q`` by ``f'(v)``, which for power generators overflows long
-    before the product does (``q / v^2 = p^2 / q`` is finite at ``p/q = e^50`` in float32, ``1/v^2``
-    is not). Where ``|log(p/q)|`` exceeds a threshold the terms are formed in log space instead:
-    ``q u^a = exp(a log p + (1 - a) log q)``, ``p f'(u) = p expm1((a - 1) d) / (a - 1)`` with
-    ``d = log(p/q)``; below it (where those forms would cancel) the generic rule is exact.
-    """
-    generic = _generic_terms(gen.Alpha(a), lp, lq, p, q)
-    d = lp - lq
-    far = jnp.abs(d) > min(20.0, 40.0 / max(abs(a), abs(a - 1.0)))
-    log_q_ua = jnp.where(lp == -jnp.inf, -jnp.inf, a * lp) + jnp.where(
-        lq == -jnp.inf, -jnp.inf, (1.0 - a) * lq
-    )
-    if a < 0:  # p = 0 < q: q u^a = +inf; q = 0 < p: 0
-        log_q_ua = jnp.where(lp == -jnp.inf, jnp.inf, jnp.where(lq == -jnp.inf, -jnp.inf, log_q_ua))
-    elif a > 1:  # q = 0 < p: +inf
-        log_q_ua = jnp.where(lq == -jnp.inf, jnp.inf, log_q_ua)
-    term = (jnp.exp(log_q_ua) - q - a * (p - q)) / (a * (a - 1.0))
-    x = (a - 1.0) * jnp.where(far, d, 1.0)
-    dp = jnp.where(lp == -jnp.inf, 0.0, jnp.sign(x) * jnp.exp(lp + _log_abs_expm1(x)) / (a - 1.0))
-    return DivergenceTerms(
-        jnp.where(far, term, generic.term),
-        jnp.where(far, dp, generic.dp),
-        jnp.where(far, jnp.where(lq == -jnp.inf, 0.0, term - dp), generic.dq),  # q = 0: exact 0
-    )
-
-
-def _scaled(scale: float, terms: DivergenceTerms) -> DivergenceTerms:
-    return DivergenceTerms(*(scale * t for t in terms))
-
-
-def _fast_path(g: gen.Generator):
-    """Closed-form per-class terms for generators that have them, else ``None``."""
-    kind = type(g)
-    if kind is gen.KL:
-        return _kl_terms
-    if kind is gen.ReverseKL:
-        return _reverse_kl_terms
-    if kind is gen.JS:
-        return _js_terms
-    if kind is gen.Pearson:
-        return lambda *args: _scaled(2.0, _power_terms(2.0, *args))
-    if kind is gen.Neyman:
-        return lambda *args: _scaled(2.0, _power_terms(-1.0, *args))
-    # Near a = 0 or 1 the power form cancels, and the generic rule only overflows at
-    # |log(p/q)| > 88 / |a - 1| or 88 / |a|: keep the generic rule there.
-    if kind is gen.Alpha and min(abs(g.alpha), abs(1.0 - g.alpha)) >= 0.05:
-        return functools.partial(_power_terms, g.alpha)
-    return None
-
-
-_ZERO_SAFE_RULES = (_kl_terms, _reverse_kl_terms, _js_terms)
-
-
-def divergence_terms(
-    g: gen.Generator,
-    log_p: jax.Array,
-    log_q: jax.Array,
-    p: jax.Array | None = None,
-    q: jax.Array | None = None,
-) -> DivergenceTerms:
-    """Per-class terms of ``D_f`` for normalised log-probabilities (see :class:`DivergenceTerms`).
-
-    ``p = exp(log_p)`` and ``q = exp(log_q)`` may be passed when already at hand (a softmax gives
-    both from one ``exp``), saving two transcendentals per class.
-
-    Classes absent from both distributions: the KL and JS rules give exact zeros there by
-    themselves (every product is ``mul0`` with a zero probability); for the others they are handled
-    here, once: the rule sees them as ``p = q = 1`` (a harmless finite point) and their terms are
-    set to exactly 0 after. (Masking the closed-form rules too would cost them ~0.5 GB of extra
-    working memory at [2048, 32000], measured with benchmarks/categorical.py.)
-    """
-    p = jnp.exp(log_p) if p is None else p
-    q = jnp.exp(log_q) if q is None else q
-    fast = _fast_path(g)
-    if fast in _ZERO_SAFE_RULES:
-        return fast(log_p, log_q, p, q)
-    both = (log_p == -jnp.inf) & (log_q == -jnp.inf)
-    lp, lq = jnp.where(both, 0.0, log_p), jnp.where(both, 0.0, log_q)
-    p, q = jnp.where(both, 1.0, p), jnp.where(both, 1.0, q)
-    rule = fast if fast is not None else functools.partial(_generic_terms, g)
-    terms = rule(lp, lq, p, q)
-    return DivergenceTerms(*(jnp.where(both, 0.0, t) for t in terms))
-
-
-def _sum_terms(term):
-    return jnp.sum(jnp.maximum(term, 0.0), axis=-1)  # each term is >= 0 exactly; drop rounding
-
-
-def value_and_logit_grads(g, p_logits, q_logits, *, need_p=True, need_q=True):
-    """``D_f`` per row and its gradients w.r.t. both logits (``None`` where not needed), ``[..., V]``.
-
-    The one rule behind :func:`divergence` and the fused kernels: one ``exp`` per logit gives both
-    log-probabilities and probabilities, the per-class terms give the value, and the softmax
-    Jacobian gives ``dD/dx_p = dp - p sum(dp)``, ``dD/dx_q = dq - q sum(dq)``.
-    """
-    lp, p = nx.log_softmax_and_softmax(p_logits)
-    lq, q = nx.log_softmax_and_softmax(q_logits)
-    term, dp, dq = divergence_terms(g, lp, lq, p, q)
-    grad_p = dp - p * jnp.sum(dp, axis=-1, keepdims=True) if need_p else None
-    grad_q = dq - q * jnp.sum(dq, axis=-1, keepdims=True) if need_q else None
-    return _sum_terms(term), grad_p, grad_q
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
-def _categorical(g, p_logits, q_logits):
-    return value_and_logit_grads(g, p_logits, q_logits, need_p=False, need_q=False)[0]
-
-
-@_categorical.defjvp
-def _categorical_jvp(g, primals, tangents):
-    # Value and both logit gradients in one pass: the gradient is a closed form of quantities the
-    # value already needs (softmaxes, f and f' at each ratio), so reverse mode stores only the two
-    # [..., V] gradients instead of every intermediate of an autodiffed composition. Being a JVP
-    # rule (not a VJP), forward mode, jax.hessian and jvp-of-grad keep working.
-    p_logits, q_logits = primals
-    tp, tq = tangents
-    value, grad_p, grad_q = value_and_logit_grads(g, p_logits, q_logits)
-    tangent = jnp.sum(grad_p * tp, axis=-1) + jnp.sum(grad_q * tq, axis=-1)
-    return value, tangent
 
 
 def divergence(
@@ -294,7 +90,13 @@ def divergence(
         q_logits = jnp.where(mask, q_logits, -jnp.inf)
     p_logits = jnp.moveaxis(p_logits, axis, -1)
     q_logits = jnp.moveaxis(q_logits, axis, -1)
-    return _categorical(g, p_logits, q_logits).astype(out_dtype)
+    batch, vocab = p_logits.shape[:-1], p_logits.shape[-1]
+    if math.prod(batch) == 0:
+        return jnp.zeros(batch, out_dtype)
+    rows = (p_logits.reshape(-1, vocab), q_logits.reshape(-1, vocab))
+    keep = jnp.ones(rows[0].shape[:1], bool)
+    values = fused_dense(g, default_chunk_rows(vocab), 1.0, *rows, keep)
+    return values.reshape(batch).astype(out_dtype)
 
 
 # ------------------------------------------------------------------------------------------------

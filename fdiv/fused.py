@@ -32,12 +32,20 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.custom_derivatives import SymbolicZero
 from jax.typing import ArrayLike
 
 from fdiv import _numerics as nx
 from fdiv import generators as gen
-from fdiv.divergences import divergence_terms, value_and_logit_grads
+from fdiv._core import (
+    _chunk_loop,
+    _dense_chunk,
+    _is_zero,
+    _put_rows,
+    _rows,
+    default_chunk_rows,
+    divergence_terms,
+    fused_dense,
+)
 
 __all__ = ["TopKTeacher", "fused_divergence", "fused_linear_divergence", "default_chunk_rows"]
 
@@ -63,15 +71,6 @@ class TopKTeacher(NamedTuple):
     log_probs: jax.Array
 
 
-def default_chunk_rows(vocab: int, target_elements: int = 1 << 20) -> int:
-    """Rows per chunk so one ``[chunk, V]`` float32 intermediate is about 4 MiB."""
-    return max(1, target_elements // max(vocab, 1))
-
-
-def _is_zero(t) -> bool:
-    return isinstance(t, SymbolicZero)
-
-
 def _log_tail(log_mass_topk):
     """``log(1 - sum exp(l))`` over the last axis, ``-inf`` when the top-k hold all the mass."""
     lse = jax.nn.logsumexp(log_mass_topk, axis=-1)
@@ -81,16 +80,6 @@ def _log_tail(log_mass_topk):
 # ------------------------------------------------------------------------------------------------
 # One chunk: values and logit gradients.
 # ------------------------------------------------------------------------------------------------
-
-
-def _dense_chunk(g, p_chunk, q_chunk, inv_tau, need_p, need_q):
-    """Per-row values and (optionally) logit gradients for dense logits ``[C, V]`` (float32)."""
-    value, grad_p, grad_q = value_and_logit_grads(
-        g, p_chunk * inv_tau, q_chunk * inv_tau, need_p=need_p, need_q=need_q
-    )
-    grad_p = grad_p * inv_tau if need_p else None
-    grad_q = grad_q * inv_tau if need_q else None
-    return value, grad_p, grad_q
 
 
 def _topk_chunk(g, indices, log_probs, q_chunk, inv_tau, need_q):
@@ -115,70 +104,13 @@ def _topk_chunk(g, indices, log_probs, q_chunk, inv_tau, need_q):
 
 
 # ------------------------------------------------------------------------------------------------
-# The chunk loop.
-# ------------------------------------------------------------------------------------------------
-
-
-def _chunk_loop(n_rows, chunk, body, init):
-    """Run ``body(start, is_new_row_mask, carry)`` over row chunks covering ``[0, n_rows)``.
-
-    The last chunk starts at ``n_rows - chunk`` and may overlap its predecessor; ``is_new`` marks
-    the rows it has not seen before, for accumulations that must not count a row twice.
-    """
-    n_chunks = -(-n_rows // chunk)
-
-    def step(i, carry):
-        nominal = i * chunk
-        start = jnp.minimum(nominal, n_rows - chunk)
-        is_new = (start + jnp.arange(chunk)) >= nominal
-        return body(start, is_new, carry)
-
-    return jax.lax.fori_loop(0, n_chunks, step, init)
-
-
-def _rows(x, start, chunk):
-    return jax.lax.dynamic_slice_in_dim(x, start, chunk, axis=0)
-
-
-def _put_rows(buf, rows, start):
-    return jax.lax.dynamic_update_slice_in_dim(buf, rows.astype(buf.dtype), start, axis=0)
-
-
-# ------------------------------------------------------------------------------------------------
 # fused_divergence
 # ------------------------------------------------------------------------------------------------
 
 
-def _dense_forward(g, chunk, inv_tau, p, q, row_mask, need_p, need_q):
-    n, _ = q.shape
-    chunk = min(chunk, n)
-    init = (
-        jnp.zeros((n,), jnp.float32),
-        jnp.zeros(p.shape, p.dtype) if need_p else None,
-        jnp.zeros(q.shape, q.dtype) if need_q else None,
-    )
-
-    def body(start, _, carry):
-        values, grad_p, grad_q = carry
-        mask = _rows(row_mask, start, chunk)
-        v, gp, gq = _dense_chunk(
-            g,
-            _rows(p, start, chunk).astype(jnp.float32),
-            _rows(q, start, chunk).astype(jnp.float32),
-            inv_tau,
-            need_p,
-            need_q,
-        )
-        values = _put_rows(values, jnp.where(mask, v, 0.0), start)
-        if need_p:
-            grad_p = _put_rows(grad_p, jnp.where(mask[:, None], gp, 0.0), start)
-        if need_q:
-            grad_q = _put_rows(grad_q, jnp.where(mask[:, None], gq, 0.0), start)
-        return values, grad_p, grad_q
-
-    return _chunk_loop(n, chunk, body, init)
-
-
+# jit with static configuration: eager callers hit a compile cache instead of re-tracing the
+# loop and its conds on every call.
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 7))
 def _topk_forward(g, chunk, inv_tau, indices, log_probs, q, row_mask, need_q):
     n, _ = q.shape
     chunk = min(chunk, n)
@@ -201,27 +133,6 @@ def _topk_forward(g, chunk, inv_tau, indices, log_probs, q, row_mask, need_q):
         return values, grad_q
 
     return _chunk_loop(n, chunk, body, init)
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2))
-def _fused_dense(g, chunk, inv_tau, p, q, row_mask):
-    return _dense_forward(g, chunk, inv_tau, p, q, row_mask, False, False)[0]
-
-
-def _fused_dense_jvp(g, chunk, inv_tau, primals, tangents):
-    p, q, row_mask = primals
-    tp, tq, _ = tangents
-    need_p, need_q = not _is_zero(tp), not _is_zero(tq)
-    values, grad_p, grad_q = _dense_forward(g, chunk, inv_tau, p, q, row_mask, need_p, need_q)
-    tangent = jnp.zeros_like(values)
-    if need_p:
-        tangent = tangent + jnp.sum(grad_p.astype(jnp.float32) * tp.astype(jnp.float32), axis=-1)
-    if need_q:
-        tangent = tangent + jnp.sum(grad_q.astype(jnp.float32) * tq.astype(jnp.float32), axis=-1)
-    return values, tangent
-
-
-_fused_dense.defjvp(_fused_dense_jvp, symbolic_zeros=True)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2))
@@ -322,7 +233,7 @@ def fused_divergence(
         p = jnp.asarray(p_logits)
         if p.shape != q.shape:
             raise ValueError(f"p_logits {p.shape} and q_logits {q.shape} must have one shape")
-        values = _fused_dense(g, chunk, inv_tau, p.reshape(-1, vocab), q2, mask)
+        values = fused_dense(g, chunk, inv_tau, p.reshape(-1, vocab), q2, mask)
     return values.reshape(batch)
 
 
@@ -346,6 +257,9 @@ def _teacher_chunk(teacher, start, chunk):
     return _rows(teacher, start, chunk).astype(jnp.float32)
 
 
+# jit with static configuration: eager callers hit a compile cache instead of re-tracing the
+# loop and its conds on every call.
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 7, 8))
 def _linear_forward(g, chunk, inv_tau, hidden, weight, teacher, row_mask, need_h, need_w):
     n, h_dim = hidden.shape
     chunk = min(chunk, n)

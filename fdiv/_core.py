@@ -1,0 +1,326 @@
+"""The one per-class rule behind every categorical divergence in fdiv, and the chunked loop (private).
+
+``divergence_terms`` gives, per class, ``q f_n(p/q)`` and its derivatives; ``value_and_logit_grads``
+turns them into a per-row value and closed-form logit gradients; ``fused_dense`` runs that over
+chunks of rows inside one ``custom_jvp`` (symbolic zeros: only differentiated inputs get a
+gradient), so neither ``fdiv.divergence`` nor ``fdiv.fused`` ever holds more than ``O(chunk * V)``
+intermediates beyond the gradients themselves.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
+
+from fdiv import _numerics as nx
+from fdiv import generators as gen
+
+
+class DivergenceTerms(NamedTuple):
+    """Per-class pieces of ``D = sum_k term_k`` for log-probabilities ``lp``, ``lq`` ([..., V]).
+
+    ``term = q f_n(p/q) >= 0`` (``f_n`` the normalised generator), ``dp = p * d term/dp`` and
+    ``dq = q * d term/dq`` with ``p``, ``q`` treated as free variables. The logit gradients follow
+    through the softmax Jacobian: ``dD/dx_p = dp - p sum(dp)``, ``dD/dx_q = dq - q sum(dq)``.
+    """
+
+    term: jax.Array
+    dp: jax.Array
+    dq: jax.Array
+
+
+def _generic_terms(g: gen.Generator, lp, lq, p, q) -> DivergenceTerms:
+    """Any generator, evaluating ``f`` and its dual only at ratios <= 1 (no overflow).
+
+    Where ``p <= q`` the term is ``q f(p/q)``; where ``p > q`` it is ``p f_dual(q/p)`` with
+    ``f_dual(v) = v f(1/v)`` (classes absent from both: see :func:`divergence_terms`); ``q = 0 < p`` gives
+    ``p f'(inf)`` (``+inf`` for unbounded ``f``), ``p = 0 < q`` gives ``q f(0)``.
+    """
+    below = lp <= lq
+    log_u = jnp.where(below, lp - lq, 0.0)  # <= 0, -inf where p = 0 < q
+    log_v = jnp.where(below, 0.0, lq - lp)  # <= 0, -inf where q = 0 < p
+    dual = g.dual
+    if dual == g:
+        # Self-dual f (JS, Hellinger, TV, Jeffreys, triangular ...): f_dual = f, so one evaluation
+        # at log(min(p, q) / max(p, q)) = log_u + log_v serves both branches.
+        log_w = -jnp.abs(lp - lq)  # = log_u + log_v
+        f_w, fp_w = g._f_normalized(log_w), g._f_prime_normalized(log_w)
+        big, small = jnp.where(below, q, p), jnp.where(below, p, q)
+        term = nx.mul0(big, f_w)
+        d_small = nx.mul0(small, fp_w)  # small * d term / d small
+        d_big = term - d_small
+        dp, dq = jnp.where(below, d_small, d_big), jnp.where(below, d_big, d_small)
+        return DivergenceTerms(term, dp, dq)
+    term_a = nx.mul0(q, g._f_normalized(log_u))
+    dp_a = nx.mul0(p, g._f_prime_normalized(log_u))
+    term_b = nx.mul0(p, dual._f_normalized(log_v))
+    dq_b = nx.mul0(q, dual._f_prime_normalized(log_v))
+    term = jnp.where(below, term_a, term_b)
+    dp = jnp.where(below, dp_a, term_b - dq_b)  # p d/dp [p f_dual(q/p)] = p f_dual - q f_dual'
+    dq = jnp.where(below, term_a - dp_a, dq_b)  # q d/dq [q f(p/q)] = q f - p f'
+    return DivergenceTerms(term, dp, dq)
+
+
+def _kl_terms(lp, lq, p, q) -> DivergenceTerms:
+    """KL: ``term = p log(p/q) - p + q``, ``dp = p log(p/q)``, ``dq = q - p``."""
+    log_ratio = jnp.where(lp == -jnp.inf, 0.0, lp - lq)  # +inf where q = 0 < p: KL = inf
+    dp = nx.mul0(p, log_ratio)
+    return DivergenceTerms(dp - p + q, dp, q - p)
+
+
+def _reverse_kl_terms(lp, lq, p, q) -> DivergenceTerms:
+    term, dq, dp = _kl_terms(lq, lp, q, p)
+    return DivergenceTerms(term, dp, dq)
+
+
+def _js_terms(lp, lq, p, q) -> DivergenceTerms:
+    """JS fast path: ``dp = p log(p/m)/2``, ``dq = q log(q/m)/2``, ``term = dp + dq``, ``m = (p+q)/2``.
+
+    ``log m`` is one ``log`` of the probability-space mixture (not a ``logaddexp``), floored by
+    ``max(log p, log q) - log 2``, which ``m`` always exceeds, so an ``m`` lost to underflow never
+    gives an infinite ``log(p/m)``.
+    """
+    lm = jnp.maximum(jnp.log(0.5 * (p + q)), jnp.maximum(lp, lq) - math.log(2.0))
+    dp = 0.5 * nx.mul0(p, lp - lm)
+    dq = 0.5 * nx.mul0(q, lq - lm)
+    return DivergenceTerms(dp + dq, dp, dq)
+
+
+def _log_abs_expm1(x):
+    """``log |expm1(x)|`` without overflow for large ``x`` (``-inf`` at 0)."""
+    pos = x > 0
+    return jnp.where(
+        pos,
+        x + jnp.log(-jnp.expm1(-jnp.where(pos, x, 1.0))),
+        jnp.log(-jnp.expm1(jnp.where(pos, -1.0, x))),
+    )
+
+
+def _power_terms(a: float, lp, lq, p, q) -> DivergenceTerms:
+    """Alpha-family terms: the generic rule, plus log-space terms where the ratio is extreme.
+
+    The log-space branch only runs (``lax.cond``) when some class of the block has
+    ``|log(p/q)|`` beyond the threshold, so ordinary inputs pay for one rule, not two.
+    """
+    far = jnp.abs(lp - lq) > min(20.0, 40.0 / max(abs(a), abs(a - 1.0)))
+    return jax.lax.cond(
+        jnp.any(far),
+        lambda: _power_terms_far(a, lp, lq, p, q, far),
+        lambda: _generic_terms(gen.Alpha(a), lp, lq, p, q),
+    )
+
+
+def _power_terms_far(a: float, lp, lq, p, q, far) -> DivergenceTerms:
+    """Alpha-divergence terms (Pearson = 2 alpha(2), Neyman = 2 alpha(-1)) exact at extreme ratios.
+
+    The generic rule multiplies ``q`` by ``f'(v)``, which for power generators overflows long
+    before the product does (``q / v^2 = p^2 / q`` is finite at ``p/q = e^50`` in float32, ``1/v^2``
+    is not). Where ``|log(p/q)|`` exceeds a threshold the terms are formed in log space instead:
+    ``q u^a = exp(a log p + (1 - a) log q)``, ``p f'(u) = p expm1((a - 1) d) / (a - 1)`` with
+    ``d = log(p/q)``; below it (where those forms would cancel) the generic rule is exact.
+    """
+    generic = _generic_terms(gen.Alpha(a), lp, lq, p, q)
+    d = lp - lq
+    log_q_ua = jnp.where(lp == -jnp.inf, -jnp.inf, a * lp) + jnp.where(
+        lq == -jnp.inf, -jnp.inf, (1.0 - a) * lq
+    )
+    if a < 0:  # p = 0 < q: q u^a = +inf; q = 0 < p: 0
+        log_q_ua = jnp.where(lp == -jnp.inf, jnp.inf, jnp.where(lq == -jnp.inf, -jnp.inf, log_q_ua))
+    elif a > 1:  # q = 0 < p: +inf
+        log_q_ua = jnp.where(lq == -jnp.inf, jnp.inf, log_q_ua)
+    term = (jnp.exp(log_q_ua) - q - a * (p - q)) / (a * (a - 1.0))
+    x = (a - 1.0) * jnp.where(far, d, 1.0)
+    dp = jnp.where(lp == -jnp.inf, 0.0, jnp.sign(x) * jnp.exp(lp + _log_abs_expm1(x)) / (a - 1.0))
+    return DivergenceTerms(
+        jnp.where(far, term, generic.term),
+        jnp.where(far, dp, generic.dp),
+        jnp.where(far, jnp.where(lq == -jnp.inf, 0.0, term - dp), generic.dq),  # q = 0: exact 0
+    )
+
+
+def _scaled(scale: float, terms: DivergenceTerms) -> DivergenceTerms:
+    return DivergenceTerms(*(scale * t for t in terms))
+
+
+def _fast_path(g: gen.Generator):
+    """Closed-form per-class terms for generators that have them, else ``None``."""
+    kind = type(g)
+    if kind is gen.KL:
+        return _kl_terms
+    if kind is gen.ReverseKL:
+        return _reverse_kl_terms
+    if kind is gen.JS:
+        return _js_terms
+    if kind is gen.Pearson:
+        return lambda *args: _scaled(2.0, _power_terms(2.0, *args))
+    if kind is gen.Neyman:
+        return lambda *args: _scaled(2.0, _power_terms(-1.0, *args))
+    # Near a = 0 or 1 the power form cancels, and the generic rule only overflows at
+    # |log(p/q)| > 88 / |a - 1| or 88 / |a|: keep the generic rule there.
+    if kind is gen.Alpha and min(abs(g.alpha), abs(1.0 - g.alpha)) >= 0.05:
+        return functools.partial(_power_terms, g.alpha)
+    return None
+
+
+_ZERO_SAFE_RULES = (_kl_terms, _reverse_kl_terms, _js_terms)
+
+
+def divergence_terms(
+    g: gen.Generator,
+    log_p: jax.Array,
+    log_q: jax.Array,
+    p: jax.Array | None = None,
+    q: jax.Array | None = None,
+) -> DivergenceTerms:
+    """Per-class terms of ``D_f`` for normalised log-probabilities (see :class:`DivergenceTerms`).
+
+    ``p = exp(log_p)`` and ``q = exp(log_q)`` may be passed when already at hand (a softmax gives
+    both from one ``exp``), saving two transcendentals per class.
+
+    Classes absent from both distributions: the KL and JS rules give exact zeros there by
+    themselves (every product is ``mul0`` with a zero probability); for the others they are handled
+    here, once: the rule sees them as ``p = q = 1`` (a harmless finite point) and their terms are
+    set to exactly 0 after. (Masking the closed-form rules too would cost them ~0.5 GB of extra
+    working memory at [2048, 32000], measured with benchmarks/categorical.py.)
+    """
+    p = jnp.exp(log_p) if p is None else p
+    q = jnp.exp(log_q) if q is None else q
+    fast = _fast_path(g)
+    if fast in _ZERO_SAFE_RULES:
+        return fast(log_p, log_q, p, q)
+    both = (log_p == -jnp.inf) & (log_q == -jnp.inf)
+    lp, lq = jnp.where(both, 0.0, log_p), jnp.where(both, 0.0, log_q)
+    p, q = jnp.where(both, 1.0, p), jnp.where(both, 1.0, q)
+    rule = fast if fast is not None else functools.partial(_generic_terms, g)
+    terms = rule(lp, lq, p, q)
+    return DivergenceTerms(*(jnp.where(both, 0.0, t) for t in terms))
+
+
+def _sum_terms(term):
+    return jnp.sum(jnp.maximum(term, 0.0), axis=-1)  # each term is >= 0 exactly; drop rounding
+
+
+def value_and_logit_grads(g, p_logits, q_logits, *, need_p=True, need_q=True):
+    """``D_f`` per row and its gradients w.r.t. both logits (``None`` where not needed), ``[..., V]``.
+
+    The one rule behind :func:`divergence` and the fused kernels: one ``exp`` per logit gives both
+    log-probabilities and probabilities, the per-class terms give the value, and the softmax
+    Jacobian gives ``dD/dx_p = dp - p sum(dp)``, ``dD/dx_q = dq - q sum(dq)``.
+    """
+    lp, p = nx.log_softmax_and_softmax(p_logits)
+    lq, q = nx.log_softmax_and_softmax(q_logits)
+    term, dp, dq = divergence_terms(g, lp, lq, p, q)
+    grad_p = dp - p * jnp.sum(dp, axis=-1, keepdims=True) if need_p else None
+    grad_q = dq - q * jnp.sum(dq, axis=-1, keepdims=True) if need_q else None
+    return _sum_terms(term), grad_p, grad_q
+
+
+# ------------------------------------------------------------------------------------------------
+# Chunks of rows.
+# ------------------------------------------------------------------------------------------------
+
+
+def default_chunk_rows(vocab: int, target_elements: int = 1 << 20) -> int:
+    """Rows per chunk so one ``[chunk, V]`` float32 intermediate is about 4 MiB."""
+    return max(1, target_elements // max(vocab, 1))
+
+
+def _is_zero(t) -> bool:
+    return isinstance(t, SymbolicZero)
+
+
+def _dense_chunk(g, p_chunk, q_chunk, inv_tau, need_p, need_q):
+    """Per-row values and (optionally) logit gradients for dense logits ``[C, V]`` (float32)."""
+    value, grad_p, grad_q = value_and_logit_grads(
+        g, p_chunk * inv_tau, q_chunk * inv_tau, need_p=need_p, need_q=need_q
+    )
+    grad_p = grad_p * inv_tau if need_p else None
+    grad_q = grad_q * inv_tau if need_q else None
+    return value, grad_p, grad_q
+
+
+def _chunk_loop(n_rows, chunk, body, init):
+    """Run ``body(start, is_new_row_mask, carry)`` over row chunks covering ``[0, n_rows)``.
+
+    The last chunk starts at ``n_rows - chunk`` and may overlap its predecessor; ``is_new`` marks
+    the rows it has not seen before, for accumulations that must not count a row twice.
+    """
+    n_chunks = -(-n_rows // chunk)
+    if n_chunks == 1:  # no loop to compile: small inputs stay as cheap as a plain composition
+        return body(0, jnp.ones((chunk,), bool), init)
+
+    def step(i, carry):
+        nominal = i * chunk
+        start = jnp.minimum(nominal, n_rows - chunk)
+        is_new = (start + jnp.arange(chunk)) >= nominal
+        return body(start, is_new, carry)
+
+    return jax.lax.fori_loop(0, n_chunks, step, init)
+
+
+def _rows(x, start, chunk):
+    return jax.lax.dynamic_slice_in_dim(x, start, chunk, axis=0)
+
+
+def _put_rows(buf, rows, start):
+    return jax.lax.dynamic_update_slice_in_dim(buf, rows.astype(buf.dtype), start, axis=0)
+
+
+# jit with static configuration: eager callers hit a compile cache instead of re-tracing the
+# loop and its conds on every call.
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 6, 7))
+def _dense_forward(g, chunk, inv_tau, p, q, row_mask, need_p, need_q):
+    n, _ = q.shape
+    chunk = min(chunk, n)
+    dtype = nx.compute_dtype(p, q)  # float32 for (b)float16, float64 stays float64
+    init = (
+        jnp.zeros((n,), dtype),
+        jnp.zeros(p.shape, p.dtype) if need_p else None,
+        jnp.zeros(q.shape, q.dtype) if need_q else None,
+    )
+
+    def body(start, _, carry):
+        values, grad_p, grad_q = carry
+        mask = _rows(row_mask, start, chunk)
+        v, gp, gq = _dense_chunk(
+            g,
+            _rows(p, start, chunk).astype(dtype),
+            _rows(q, start, chunk).astype(dtype),
+            inv_tau,
+            need_p,
+            need_q,
+        )
+        values = _put_rows(values, jnp.where(mask, v, 0.0), start)
+        if need_p:
+            grad_p = _put_rows(grad_p, jnp.where(mask[:, None], gp, 0.0), start)
+        if need_q:
+            grad_q = _put_rows(grad_q, jnp.where(mask[:, None], gq, 0.0), start)
+        return values, grad_p, grad_q
+
+    return _chunk_loop(n, chunk, body, init)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2))
+def fused_dense(g, chunk, inv_tau, p, q, row_mask):
+    return _dense_forward(g, chunk, inv_tau, p, q, row_mask, False, False)[0]
+
+
+def _fused_dense_jvp(g, chunk, inv_tau, primals, tangents):
+    p, q, row_mask = primals
+    tp, tq, _ = tangents
+    need_p, need_q = not _is_zero(tp), not _is_zero(tq)
+    values, grad_p, grad_q = _dense_forward(g, chunk, inv_tau, p, q, row_mask, need_p, need_q)
+    tangent = jnp.zeros_like(values)
+    if need_p:
+        tangent = tangent + jnp.sum(grad_p.astype(values.dtype) * tp.astype(values.dtype), axis=-1)
+    if need_q:
+        tangent = tangent + jnp.sum(grad_q.astype(values.dtype) * tq.astype(values.dtype), axis=-1)
+    return values, tangent
+
+
+fused_dense.defjvp(_fused_dense_jvp, symbolic_zeros=True)
