@@ -173,6 +173,7 @@ def main() -> None:
                         help="generators whose memory is measured in child processes")  # fmt: skip
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-rss", action="store_true")
+    parser.add_argument("--variants", default=None, help="comma-separated subset, e.g. plain,fused")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--name", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -205,7 +206,10 @@ def main() -> None:
     rss_names = set(args.rss_names.split(","))
     for name in args.names.split(","):
         row_plain = {}
-        for variant in variants(name, torch_ok):
+        chosen = variants(name, torch_ok)
+        if args.variants:
+            chosen = [v for v in chosen if v in args.variants.split(",")]
+        for variant in chosen:
             if variant == "torch":
                 ms = 1e3 * time_torch(torch_step(name), p_np, q_np, args.repeats)
                 temp = "-"
@@ -217,7 +221,7 @@ def main() -> None:
             if not args.no_rss and name in rss_names:
                 rss = h.run_child("benchmarks.fused", variant, "--name", name, *size)["peak_rss"]
                 extra = rss - base["torch" if variant == "torch" else "jax"]
-            if variant == "plain":
+            if variant == "plain" or not row_plain:
                 row_plain = {"ms": ms, "extra": extra}
             ratio_rss = (
                 f"{extra / row_plain['extra']:.2f}x"
