@@ -42,31 +42,28 @@ def temp_bytes(fn, *args) -> int:
     return int(stats.temp_size_in_bytes) if stats is not None else -1
 
 
-def peak_rss_bytes() -> int:
-    """This process's peak resident set size in bytes since start or the last :func:`reset_peak_rss`.
-
-    Reads ``VmHWM`` from ``/proc/self/status`` (Linux), falling back to ``ru_maxrss``.
-    """
+def _proc_status_bytes(field: str) -> int:
+    """A ``kB`` field of ``/proc/self/status`` (Linux) in bytes, or -1 where unavailable."""
     try:
         with open("/proc/self/status") as status:
             for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def current_rss_bytes() -> int:
-    """This process's resident set size now (``VmRSS``), or -1 where unavailable."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
     return -1
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size in bytes since start or the last :func:`reset_peak_rss`
+    (``VmHWM``; ``ru_maxrss`` where ``/proc`` is unavailable)."""
+    peak = _proc_status_bytes("VmHWM")
+    return peak if peak >= 0 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def current_rss_bytes() -> int:
+    """Resident set size now (``VmRSS``), or -1 where unavailable."""
+    return _proc_status_bytes("VmRSS")
 
 
 def release_free_heap() -> None:
