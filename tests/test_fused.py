@@ -111,10 +111,10 @@ def test_matches_unfused_values_and_grads(case_id, chunk):
 
 
 def test_default_chunk_rows_and_leading_dims():
-    """Reference: ``default_chunk_rows(V) = max(1, 2**20 // V)`` (its documented formula), and
+    """Reference: ``default_chunk_rows(V) = max(1, 2**19 // V)`` (its documented formula), and
     ``fdiv.divergence`` on ``[2, 3, 7, V]`` logits with a ``[2, 3, 7]`` row mask applied by hand;
     the default ``chunk_rows`` is used; an empty batch gives an empty result."""
-    assert default_chunk_rows(32000) == 32
+    assert default_chunk_rows(32000) == 16
     assert default_chunk_rows(1 << 21) == 1
     assert default_chunk_rows(1000, target_elements=4096) == 4
     r = _rng(3)
