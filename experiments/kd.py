@@ -1,0 +1,406 @@
+"""Classifier knowledge distillation through the one trainer.
+
+Methods (``config.method``):
+  ``student``  the student alone, cross-entropy (the reference every method is compared with);
+  ``vanilla``  offline KD from a pre-trained teacher, ``CE + lambda tau^2 KL`` (Hinton);
+  ``fkd``      offline any-f KD, ``config.divergence`` picks the generator;
+  ``sinkd``    offline SinKD: ``alpha KD + (1 - alpha) CE + beta c Sinkhorn`` (batch-wise);
+  ``dml``      online deep mutual learning, teacher and student trained together;
+  ``bdkd``     online BD-KD, entropy-balanced forward/reverse KL for the student.
+
+Offline methods first train the teacher (cross-entropy) in ``<workdir>/teacher`` (or
+``config.teacher_workdir``, so several runs can share it), then distil in ``<workdir>``. Both stages
+are ordinary trainer runs: each resumes from its own checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from fdiv import data as fdata
+from fdiv import generators, metrics, models
+from fdiv.losses import kd as kd_losses
+from fdiv.train import Task, TrainConfig, Update, parallel, train
+from fdiv.train import plots as train_plots
+
+METHODS = ("student", "vanilla", "fkd", "sinkd", "dml", "bdkd")
+OFFLINE = ("vanilla", "fkd", "sinkd")
+ONLINE = ("dml", "bdkd")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "cosine")
+
+# ---------------------------------------------------------------------------------------------
+# Validation: every error is raised before any data is loaded or any step is computed.
+
+
+def _allowed(field: str, value: Any, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"{field}={value!r} is not one of {sorted(allowed)}")
+
+
+def _positive(field: str, value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"{field} must be > 0, got {value}")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Reject a bad KD config with a message naming the field and what is allowed."""
+    _allowed("method", config.method, METHODS)
+    _allowed("dataset", config.dataset, fdata.names())
+    for net in ("teacher", "student"):
+        _allowed(f"{net}.model", config[net].model, models.names())
+        _model(config[net], num_classes=10)  # unknown model kwargs fail here
+    if config.method == "fkd":
+        generators.get(config.divergence)  # raises, listing the known names
+    _positive("temperature", config.temperature)
+    _positive("sinkd.temperature", config.sinkd.temperature)
+    _positive("sinkd.epsilon", config.sinkd.epsilon)
+    if config.sinkd.num_iters < 1:
+        raise ValueError(f"sinkd.num_iters must be >= 1, got {config.sinkd.num_iters}")
+    if not 0 <= config.sinkd.alpha <= 1:
+        raise ValueError(f"sinkd.alpha must be in [0, 1], got {config.sinkd.alpha}")
+    for field in ("kd_weight", "bdkd.teacher_kd_weight"):
+        value = config.kd_weight if field == "kd_weight" else config.bdkd.teacher_kd_weight
+        if value < 0:
+            raise ValueError(f"{field} must be >= 0, got {value}")
+    for opt in ("optimizer", "teacher_optimizer"):
+        _allowed(f"{opt}.name", config[opt].name, OPTIMIZERS)
+        _allowed(f"{opt}.schedule", config[opt].schedule, SCHEDULES)
+        _positive(f"{opt}.learning_rate", config[opt].learning_rate)
+    train_config(config).validate()
+    teacher_train_config(config).validate()
+
+
+def train_config(config: ml_collections.ConfigDict) -> TrainConfig:
+    return TrainConfig.from_mapping(config.train.to_dict())
+
+
+def teacher_train_config(config: ml_collections.ConfigDict) -> TrainConfig:
+    return TrainConfig.from_mapping({**config.train.to_dict(), "total_steps": config.teacher_steps})
+
+
+# ---------------------------------------------------------------------------------------------
+# Models, optimisers.
+
+
+def _model(net_config: ml_collections.ConfigDict, *, num_classes: int):
+    """The module of a network spec: ``model`` plus the options of its family (mlp, cnn, resnet)."""
+    family = "resnet" if net_config.model.startswith("resnet") else net_config.model
+    kwargs = {
+        k: (tuple(v) if isinstance(v, list | tuple) else v) for k, v in net_config[family].items()
+    }
+    return models.get(net_config.model, num_classes=num_classes, **kwargs)
+
+
+def make_optimizer(
+    opt_config: ml_collections.ConfigDict, total_steps: int
+) -> optax.GradientTransformation:
+    """adam / adamw / sgd (momentum 0.9, nesterov) with a constant or cosine schedule and warm-up."""
+    lr = opt_config.learning_rate
+    warmup = min(opt_config.get("warmup_steps", 0), max(total_steps - 1, 0))
+    if opt_config.schedule == "cosine":
+        schedule = optax.warmup_cosine_decay_schedule(
+            0.0 if warmup else lr, lr, warmup, max(total_steps, warmup + 1)
+        )
+    else:
+        schedule = optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup]) if warmup else lr  # fmt: skip
+    wd = opt_config.get("weight_decay", 0.0)
+    if opt_config.name == "sgd":
+        tx = optax.chain(
+            optax.add_decayed_weights(wd), optax.sgd(schedule, momentum=0.9, nesterov=True)
+        )
+    elif opt_config.name == "adamw":
+        tx = optax.adamw(schedule, weight_decay=wd)
+    else:
+        tx = (
+            optax.chain(optax.add_decayed_weights(wd), optax.adam(schedule))
+            if wd
+            else optax.adam(schedule)
+        )
+    clip = opt_config.get("clip_norm", 0.0)
+    return optax.chain(optax.clip_by_global_norm(clip), tx) if clip else tx
+
+
+class Networks:
+    """The named Flax modules of a run and a uniform ``apply`` (model state in, updates out)."""
+
+    def __init__(self, modules: Mapping[str, Any], input_shape: tuple[int, ...]):
+        self.modules = dict(modules)
+        self.input_shape = tuple(input_shape)
+
+    def init(self, key: jax.Array, names) -> tuple[dict, dict]:
+        params, model_state = {}, {}
+        dummy = jnp.zeros((1, *self.input_shape), jnp.float32)
+        for i, name in enumerate(names):
+            variables = self.modules[name].init(jax.random.fold_in(key, i), dummy, train=False)
+            params[name] = variables["params"]
+            model_state[name] = {k: v for k, v in variables.items() if k != "params"}
+        return params, model_state
+
+    def apply(self, name, params, model_state, inputs, *, train: bool):
+        """``(logits, model_state updates)``; updates are empty unless ``train`` and batch norm."""
+        variables = {"params": params[name], **model_state[name]}
+        mutable = list(model_state[name]) if train else False
+        if mutable:
+            logits, updates = self.modules[name].apply(
+                variables, inputs, train=True, mutable=mutable
+            )
+            return logits, {name: dict(updates)}
+        return self.modules[name].apply(variables, inputs, train=train), {}
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation: accuracy, NLL, ECE per network, teacher-student agreement, reliability diagrams.
+
+
+def summarize(outputs: Mapping[str, np.ndarray]) -> dict[str, float]:
+    labels = outputs["labels"]
+    out = {}
+    nets = [k for k in outputs if k != "labels"]
+    for name in nets:
+        logits = outputs[name]
+        out[f"{name}/accuracy"] = float(metrics.accuracy(logits, labels))
+        out[f"{name}/nll"] = float(metrics.nll(logits, labels))
+        out[f"{name}/ece"] = float(
+            metrics.expected_calibration_error(logits, labels, num_bins=15)[0]
+        )
+    if "teacher" in nets and "student" in nets:
+        out["agreement"] = float(metrics.agreement(outputs["student"], outputs["teacher"]))
+    return out
+
+
+def report(outputs: Mapping[str, np.ndarray], workdir: str) -> None:
+    for name in (k for k in outputs if k != "labels"):
+        ece, bins = metrics.expected_calibration_error(
+            outputs[name], outputs["labels"], num_bins=15
+        )
+        train_plots.reliability_diagram(
+            bins, os.path.join(workdir, f"reliability_{name}.png"), title=name, ece=float(ece)
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Tasks.
+
+
+def _augment_fn(config, input_shape):
+    if not config.get("augment", False):
+        return None
+    if len(input_shape) != 3:
+        raise ValueError(
+            f"augment=True needs image inputs [H, W, C]; dataset inputs are {input_shape}"
+        )
+
+    def preprocess(batch, key):
+        return {**batch, "inputs": fdata.augment_images(key, batch["inputs"])}
+
+    return preprocess
+
+
+def _predict_fn(nets: Networks, names):
+    def predict(params, model_state, batch):
+        out = {"labels": batch["labels"]}
+        for name in names:
+            out[name] = nets.apply(name, params, model_state, batch["inputs"], train=False)[0]
+        return out
+
+    return predict
+
+
+def _mean_metrics(**values) -> dict[str, jax.Array]:
+    return {k: jnp.mean(v) for k, v in values.items()}
+
+
+def teacher_task(config, nets: Networks, train_data, eval_data) -> Task:
+    """Cross-entropy training of the teacher alone (offline KD's first stage)."""
+
+    def loss(params, model_state, batch, key):
+        logits, updates = nets.apply("teacher", params, model_state, batch["inputs"], train=True)
+        ce = kd_losses.cross_entropy(logits, batch["labels"])
+        return jnp.mean(ce), (updates, {})
+
+    total = config.teacher_steps
+    return Task(
+        init=lambda key: nets.init(key, ["teacher"]),
+        updates=[Update("teacher", loss, ("teacher",))],
+        optimizers={"teacher": make_optimizer(config.teacher_optimizer, total)},
+        train_data=train_data,
+        eval_data=eval_data,
+        predict=_predict_fn(nets, ["teacher"]),
+        summarize=summarize,
+        report=report,
+        preprocess=_augment_fn(config, nets.input_shape),
+    )
+
+
+def student_loss_fn(config, nets: Networks):
+    """The offline student loss of ``config.method`` (teacher frozen, evaluated in eval mode)."""
+    method = config.method
+
+    def loss(params, model_state, batch, key):
+        logits, updates = nets.apply("student", params, model_state, batch["inputs"], train=True)
+        labels = batch["labels"]
+        if method == "student":
+            ce = kd_losses.cross_entropy(logits, labels)
+            return jnp.mean(ce), (updates, {"ce": jnp.mean(ce)})
+        teacher_logits = nets.apply("teacher", params, model_state, batch["inputs"], train=False)[0]
+        teacher_logits = jax.lax.stop_gradient(teacher_logits)
+        if method == "sinkd":
+            s = config.sinkd
+            value = kd_losses.sinkd_loss(
+                logits, teacher_logits, labels, alpha=s.alpha, beta=s.beta, sinkhorn_scale=s.scale,
+                kd_temperature=config.temperature, sinkhorn_temperature=s.temperature,
+                epsilon=s.epsilon, num_iters=s.num_iters,
+            )  # fmt: skip
+            return value, (updates, {"ce": jnp.mean(kd_losses.cross_entropy(logits, labels))})
+        name = "kl" if method == "vanilla" else config.divergence
+        ce = kd_losses.cross_entropy(logits, labels)
+        kd = kd_losses.distillation_term(
+            logits, teacher_logits, divergence_name=name, temperature=config.temperature
+        )
+        return jnp.mean(ce + config.kd_weight * kd), (updates, _mean_metrics(ce=ce, kd=kd))
+
+    return loss
+
+
+def online_loss_fn(config, nets: Networks):
+    """DML or BD-KD: both networks' losses summed, each with its peer under ``stop_gradient``."""
+    method, tau = config.method, config.temperature
+
+    def loss(params, model_state, batch, key):
+        x, labels = batch["inputs"], batch["labels"]
+        s_logits, s_updates = nets.apply("student", params, model_state, x, train=True)
+        t_logits, t_updates = nets.apply("teacher", params, model_state, x, train=True)
+        if method == "dml":
+            s_loss = kd_losses.dml_loss(
+                s_logits, t_logits, labels, temperature=tau, kd_weight=config.kd_weight
+            )
+            t_loss = kd_losses.dml_loss(
+                t_logits, s_logits, labels, temperature=tau, kd_weight=config.kd_weight
+            )
+            extra = {}
+        else:
+            b = config.bdkd
+            s_loss = kd_losses.bdkd_student_loss(
+                s_logits,
+                t_logits,
+                labels,
+                temperature=tau,
+                kappa=b.kappa,
+                kd_weight=config.kd_weight,
+            )
+            t_loss = kd_losses.bdkd_teacher_loss(
+                t_logits, s_logits, labels, temperature=tau, teacher_kd_weight=b.teacher_kd_weight
+            )
+            extra = {
+                "forward_weight": kd_losses.bdkd_forward_weight(
+                    s_logits, t_logits, kappa=b.kappa, temperature=tau
+                )
+            }
+        total = jnp.mean(s_loss) + jnp.mean(t_loss)
+        return total, (
+            {**s_updates, **t_updates},
+            _mean_metrics(student_loss=s_loss, teacher_loss=t_loss, **extra),
+        )
+
+    return loss
+
+
+# ---------------------------------------------------------------------------------------------
+# The experiment.
+
+
+def _load_data(config):
+    train_data = fdata.load(config.dataset, "train", data_dir=config.get("data_dir") or None)
+    eval_data = fdata.load(config.dataset, "test", data_dir=config.get("data_dir") or None)
+    return train_data, eval_data
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Run ``config.method``; returns the distillation run's summary (also in ``workdir/summary.json``)."""
+    validate(config)
+    train_data, eval_data = _load_data(config)
+    nets = Networks(
+        {
+            "teacher": _model(config.teacher, num_classes=train_data.num_classes),
+            "student": _model(config.student, num_classes=train_data.num_classes),
+        },
+        train_data.input_shape,
+    )
+    config_json = config.to_json_best_effort(sort_keys=True)
+    method = config.method
+    tcfg = train_config(config)
+    teacher_params = teacher_state = None
+    if method in OFFLINE:
+        teacher_dir = config.get("teacher_workdir") or os.path.join(workdir, "teacher")
+        result = train(
+            teacher_task(config, nets, train_data, eval_data),
+            teacher_train_config(config),
+            teacher_dir,
+            config_json=config_json,
+        )
+        # Host copies: they become constants of the student's init (fine in multi-process runs too).
+        teacher_params = parallel.to_host(result.state.params["teacher"])
+        teacher_state = parallel.to_host(result.state.model_state["teacher"])
+
+    if method in ONLINE:
+        names = ["student", "teacher"]
+        update = Update("online", online_loss_fn(config, nets), ("student", "teacher"))
+        optimizers = {
+            "student": make_optimizer(config.optimizer, tcfg.total_steps),
+            "teacher": make_optimizer(config.teacher_optimizer, tcfg.total_steps),
+        }
+
+        def init(key):
+            return nets.init(key, names)
+    else:
+        names = ["student"] if method == "student" else ["student", "teacher"]
+        update = Update("student", student_loss_fn(config, nets), ("student",))
+        optimizers = {"student": make_optimizer(config.optimizer, tcfg.total_steps)}
+
+        def init(key):
+            params, model_state = nets.init(key, ["student"])
+            if teacher_params is not None:
+                params["teacher"], model_state["teacher"] = teacher_params, teacher_state
+            return params, model_state
+
+    task = Task(
+        init=init,
+        updates=[update],
+        optimizers=optimizers,
+        train_data=train_data,
+        eval_data=eval_data,
+        predict=_predict_fn(nets, names),
+        summarize=summarize,
+        report=report,
+        preprocess=_augment_fn(config, nets.input_shape),
+    )
+    result = train(task, tcfg, workdir, config_json=config_json)
+    return result.summary
+
+
+def format_summary(summary: Mapping[str, Any]) -> str:
+    """A small markdown table of the evaluated networks (accuracy, NLL, ECE)."""
+    nets = sorted(
+        {k.split("/")[1] for k in summary if k.startswith("eval/") and k.endswith("/accuracy")}
+    )
+    lines = ["| network | accuracy | NLL | ECE |", "|---|---|---|---|"]
+    for name in nets:
+        acc, nll, ece = (summary[f"eval/{name}/{m}"] for m in ("accuracy", "nll", "ece"))
+        lines.append(f"| {name} | {acc:.4f} | {nll:.4f} | {ece:.4f} |")
+    if "eval/agreement" in summary:
+        lines.append(f"\nteacher-student agreement: {summary['eval/agreement']:.4f}")
+    return "\n".join(lines)
+
+
+def dumps(summary: Mapping[str, Any]) -> str:
+    return json.dumps(dict(summary), indent=2, sort_keys=True)

@@ -1,0 +1,61 @@
+"""Entry point for every experiment: ``python -m experiments.main --config=configs/<name>.py --workdir=DIR``.
+
+Override any config field on the command line: ``--config.method=bdkd --config.train.total_steps=100``.
+Unknown fields are rejected by ``ml_collections``; bad values by the experiment's ``validate`` before
+anything is computed. Multi-process runs (one process per host, as on a TPU pod, or several on one
+machine with CPU collectives) set ``--config.distributed.num_processes=N
+--config.distributed.process_id=i --config.distributed.coordinator_address=host:port``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Path to a configs/<name>.py file.", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, plots.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+EXPERIMENTS = {"kd": "experiments.kd"}
+
+
+def main(argv) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
+    config = _CONFIG.value
+    if config.get("experiment") not in EXPERIMENTS:
+        raise app.UsageError(
+            f"config.experiment={config.get('experiment')!r} is not one of {sorted(EXPERIMENTS)}"
+        )
+
+    # jax.distributed must be initialised before any other JAX call.
+    from fdiv.train import parallel
+
+    dist = config.distributed
+    parallel.initialize_distributed(
+        num_processes=dist.num_processes,
+        process_id=dist.process_id,
+        coordinator_address=dist.coordinator_address,
+    )
+    experiment = importlib.import_module(EXPERIMENTS[config.experiment])
+    try:
+        experiment.validate(config)
+    except ValueError as e:
+        print(f"error: invalid config: {e}", file=sys.stderr)
+        sys.exit(2)
+    summary = experiment.run(config, _WORKDIR.value)
+
+    import jax
+
+    if jax.process_index() == 0:
+        print(experiment.format_summary(summary))
+
+
+if __name__ == "__main__":
+    app.run(main)

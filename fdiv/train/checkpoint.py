@@ -1,0 +1,68 @@
+"""Orbax checkpoints of a :class:`~fdiv.train.state.TrainState` under ``workdir/checkpoints``.
+
+Orbax writes each step to a temporary directory and renames it when complete, so a run killed in the
+middle of a save leaves the previous checkpoint as the latest one. The typed PRNG key is stored as
+its raw ``key_data`` and re-wrapped on restore.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+from fdiv.train.parallel import to_host
+from fdiv.train.state import TrainState
+
+__all__ = ["Checkpointer"]
+
+
+def _to_storable(state: TrainState) -> TrainState:
+    return state.replace(key=jax.random.key_data(state.key))
+
+
+class Checkpointer:
+    """Saves every ``every`` steps (and on demand) and restores the latest step.
+
+    Args:
+      directory: where checkpoints go (``workdir/checkpoints``).
+      every: save interval in steps (the loop also saves the final step).
+      keep: how many recent checkpoints to keep.
+    """
+
+    def __init__(self, directory: str, *, every: int, keep: int = 2):
+        self.directory = os.path.abspath(directory)
+        self.every = every
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+        )
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def save(self, state: TrainState, *, force: bool = False) -> bool:
+        step = int(to_host(state.step))
+        if not force and step % self.every:
+            return False
+        if self._manager.latest_step() == step:
+            return False
+        return self._manager.save(step, args=ocp.args.StandardSave(_to_storable(state)), force=True)
+
+    def restore(self, like: TrainState, step: int | None = None) -> TrainState:
+        """Restore ``step`` (default: latest) with the shapes, dtypes and shardings of ``like``."""
+        step = self._manager.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _to_storable(like))
+        restored = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        key_impl = jax.random.key_impl(like.key)
+        return restored.replace(key=jax.random.wrap_key_data(restored.key, impl=key_impl))
+
+    def wait(self) -> None:
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()

@@ -1,0 +1,326 @@
+"""The host loop every experiment shares: data, jitted steps, evaluation, logs, checkpoints.
+
+An experiment describes itself as a :class:`Task` (init, update rules, optimisers, data, how to
+evaluate); :func:`train` owns everything else. The batch of step ``s`` is a pure function of
+``(seed, s)`` (:func:`fdiv.data.train_indices`) and so is the step's randomness, so a run killed at
+any point and resumed from its latest checkpoint ends with bitwise the same state as one that was
+never interrupted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple, Protocol
+
+import jax
+import numpy as np
+import optax
+
+from fdiv import data as fdata
+from fdiv.train import parallel
+from fdiv.train.checkpoint import Checkpointer
+from fdiv.train.state import TrainState, Update, init_state, make_train_step
+from fdiv.train.writers import RunWriter
+
+__all__ = ["Dataset", "NonFiniteError", "Task", "TrainConfig", "TrainResult", "train"]
+
+PyTree = Any
+
+
+class Dataset(Protocol):
+    """Random-access examples: ``len(ds)`` and ``ds.get(indices) -> (inputs, labels)`` or a dict."""
+
+    def __len__(self) -> int: ...
+
+    def get(self, indices: np.ndarray) -> Any: ...
+
+
+class NonFiniteError(FloatingPointError):
+    """A training metric (loss, gradient norm ...) became NaN or infinite."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """What an experiment supplies to :func:`train`.
+
+    Attributes:
+      init: ``init(key) -> (params, model_state)``, dicts keyed by network name.
+      updates: the update rules of one step, applied in order (:class:`fdiv.train.Update`).
+      optimizers: one optax transformation per trained network.
+      train_data: training examples; ``None`` for data-free tasks (the batch is then empty and
+        the step's key is the only input that changes).
+      eval_data: evaluation examples, or ``None``.
+      predict: ``predict(params, model_state, batch) -> dict of per-example arrays [B, ...]``,
+        everything ``summarize`` needs (e.g. each network's logits and the labels).
+      summarize: ``summarize(outputs) -> dict of floats`` over the whole evaluation set.
+      report: ``report(outputs, workdir)``, run once at the end on process 0 (plots).
+      preprocess: on-device ``preprocess(batch, key) -> batch`` inside the step (augmentation).
+    """
+
+    init: Callable[[jax.Array], tuple[dict[str, PyTree], dict[str, PyTree]]]
+    updates: Sequence[Update]
+    optimizers: Mapping[str, optax.GradientTransformation]
+    train_data: Dataset | None = None
+    eval_data: Dataset | None = None
+    predict: Callable[..., dict[str, jax.Array]] | None = None
+    summarize: Callable[[dict[str, np.ndarray]], dict[str, float]] | None = None
+    report: Callable[[dict[str, np.ndarray], str], None] | None = None
+    preprocess: Callable[..., Mapping[str, jax.Array]] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """The trainer's settings (a ``config.train`` ConfigDict maps onto this one to one).
+
+    Attributes:
+      total_steps: train until ``state.step == total_steps``.
+      batch_size: the global batch, split over every device of every process.
+      seed: seeds the parameters, the step keys and the data order.
+      eval_batch_size: 0 means ``batch_size``.
+      log_every: steps between ``metrics.jsonl`` lines (metrics are means over the interval).
+      eval_every: steps between evaluations; 0 evaluates only at the end.
+      checkpoint_every: steps between checkpoints; the final step is always saved.
+      keep_checkpoints: how many recent checkpoints to keep.
+      progress: show a progress bar.
+    """
+
+    total_steps: int
+    batch_size: int
+    seed: int = 0
+    eval_batch_size: int = 0
+    log_every: int = 50
+    eval_every: int = 0
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    progress: bool = True
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(mapping) - known)
+        if unknown:
+            raise ValueError(f"unknown train config fields {unknown}; allowed: {sorted(known)}")
+        return cls(**dict(mapping))
+
+    def validate(self, num_devices: int | None = None) -> None:
+        """Raise ``ValueError`` naming the field and what is allowed; checks device divisibility."""
+        positive = [
+            "total_steps",
+            "batch_size",
+            "log_every",
+            "checkpoint_every",
+            "keep_checkpoints",
+        ]
+        for name in positive:
+            if int(getattr(self, name)) < 1:
+                raise ValueError(
+                    f"train.{name} must be a positive integer, got {getattr(self, name)}"
+                )
+        for name in ["eval_batch_size", "eval_every", "seed"]:
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        num_devices = jax.device_count() if num_devices is None else num_devices
+        for name in ["batch_size", "eval_batch_size"]:
+            value = getattr(self, name) or self.batch_size
+            if value % num_devices:
+                raise ValueError(
+                    f"train.{name}={value} is not divisible by the {num_devices} devices; "
+                    f"use a multiple of {num_devices}"
+                )
+
+    @property
+    def eval_batch(self) -> int:
+        return self.eval_batch_size or self.batch_size
+
+
+class TrainResult(NamedTuple):
+    state: TrainState
+    summary: dict[str, Any]
+
+
+def _as_batch(examples: Any) -> dict[str, np.ndarray]:
+    if isinstance(examples, Mapping):
+        return {k: np.asarray(v) for k, v in examples.items()}
+    inputs, labels = examples
+    return {"inputs": np.asarray(inputs), "labels": np.asarray(labels)}
+
+
+def _local_batch(dataset: Dataset, global_indices: np.ndarray) -> dict[str, np.ndarray]:
+    local = fdata.process_slice(
+        global_indices, process_index=jax.process_index(), process_count=jax.process_count()
+    )
+    return _as_batch(dataset.get(local))
+
+
+def evaluate(
+    task: Task,
+    state: TrainState,
+    config: TrainConfig,
+    mesh: jax.sharding.Mesh,
+    predict_fn: Callable,
+) -> dict[str, np.ndarray]:
+    """Run ``predict`` over the whole evaluation set; outputs on the host, padding dropped."""
+    outputs: dict[str, list[np.ndarray]] = {}
+    for indices, mask in fdata.eval_batches(len(task.eval_data), config.eval_batch):
+        batch = parallel.global_batch(_local_batch(task.eval_data, indices), mesh)
+        out = parallel.to_host(predict_fn(state.params, state.model_state, batch))
+        for name, value in out.items():
+            outputs.setdefault(name, []).append(value[mask])
+    return {name: np.concatenate(values) for name, values in outputs.items()}
+
+
+def _check_finite(step: int, metrics: Mapping[str, float]) -> None:
+    for name, value in metrics.items():
+        if not math.isfinite(value):
+            raise NonFiniteError(
+                f"non-finite {name} = {value} at step {step}; stopping (the last checkpoint, "
+                f"if any, predates this step and is intact)"
+            )
+
+
+def train(
+    task: Task, config: TrainConfig, workdir: str, *, config_json: str | None = None
+) -> TrainResult:
+    """Train ``task`` to ``config.total_steps`` in ``workdir``, resuming from its latest checkpoint.
+
+    Writes ``config.json`` (if given), ``metrics.jsonl``, ``summary.json`` and checkpoints under
+    ``workdir/checkpoints``; only process 0 writes files other than checkpoints.
+
+    Raises:
+      ValueError: a bad setting (before anything is computed).
+      NonFiniteError: a train metric became NaN/inf; names the step and the metric.
+    """
+    config.validate()
+    if (task.eval_data is None) != (task.predict is None):
+        raise ValueError("Task.eval_data and Task.predict go together: give both or neither")
+    mesh = parallel.make_data_mesh()
+    replicated = parallel.replicated(mesh)
+    is_main = jax.process_index() == 0
+
+    def init(key):
+        params, model_state = task.init(key)
+        return init_state(key, params, model_state, task.optimizers)
+
+    root_key = jax.random.key(config.seed)
+    state = jax.jit(init, out_shardings=replicated)(root_key)
+    checkpointer = Checkpointer(
+        f"{workdir}/checkpoints", every=config.checkpoint_every, keep=config.keep_checkpoints
+    )
+    latest = checkpointer.latest_step()
+    start = 0
+    messages = []
+    if latest is not None:
+        state = checkpointer.restore(state, latest)
+        start = int(parallel.to_host(state.step))
+        messages.append(f"Resuming from the checkpoint at step {start} in {checkpointer.directory}")
+
+    writer = RunWriter(
+        workdir, enabled=is_main, total_steps=config.total_steps, initial_step=min(start, config.total_steps),
+        progress=config.progress,
+    )  # fmt: skip
+    writer.message(
+        f"{workdir}: {jax.process_count()} process(es), {jax.device_count()} device(s) "
+        f"({jax.local_device_count()} local, {jax.devices()[0].platform})"
+    )
+    for text in messages:
+        writer.message(text)
+    if config_json is not None:
+        writer.write_json("config.json", json.loads(config_json))
+
+    step_fn = jax.jit(
+        make_train_step(task.updates, task.optimizers, preprocess=task.preprocess),
+        donate_argnums=0,
+        out_shardings=(replicated, replicated),
+    )
+    predict_fn = None if task.predict is None else jax.jit(task.predict)
+
+    def batch_for(step: int) -> dict[str, jax.Array]:
+        if task.train_data is None:
+            return {}
+        indices = fdata.train_indices(
+            step, num_examples=len(task.train_data), batch_size=config.batch_size, seed=config.seed
+        )
+        return parallel.global_batch(_local_batch(task.train_data, indices), mesh)
+
+    pending: list[tuple[int, dict[str, jax.Array]]] = []  # device metrics not yet fetched
+    checked: list[dict[str, np.ndarray]] = []  # fetched and finite, not yet logged
+    last_train: dict[str, float] = {}
+    eval_metrics: dict[str, float] = {}
+    interval_start, interval_step = time.perf_counter(), start
+    wall_start = time.perf_counter()
+
+    def check_pending() -> None:
+        """Fetch pending step metrics and stop on a non-finite one (the host syncs here)."""
+        for s, m in pending:
+            m = parallel.to_host(m)
+            _check_finite(s, {k: float(v) for k, v in m.items()})
+            checked.append(m)
+        pending.clear()
+
+    def interval_means() -> dict[str, float]:
+        check_pending()
+        means = {k: float(np.mean([m[k] for m in checked])) for k in checked[0]} if checked else {}
+        checked.clear()
+        return means
+
+    def run_eval() -> tuple[dict[str, float], dict[str, np.ndarray]]:
+        outputs = evaluate(task, state, config, mesh, predict_fn)
+        return {f"eval/{k}": float(v) for k, v in task.summarize(outputs).items()}, outputs
+
+    try:
+        for step in range(start, config.total_steps):
+            batch = batch_for(step)
+            state, metrics = step_fn(state, batch)
+            pending.append((step + 1, metrics))
+            done = step + 1
+            final = done == config.total_steps
+            record: dict[str, Any] = {}
+            if done % config.log_every == 0 or final:
+                last_train = interval_means()
+                now = time.perf_counter()
+                record.update(last_train)
+                record["steps_per_sec"] = (done - interval_step) / max(now - interval_start, 1e-9)
+                interval_start, interval_step = now, done
+            if (
+                predict_fn is not None
+                and config.eval_every
+                and done % config.eval_every == 0
+                and not final
+            ):
+                eval_metrics, _ = run_eval()
+                record.update(eval_metrics)
+            if record:
+                writer.log_metrics({"step": done, **record})
+                writer.advance(done, last_train.get("loss"))
+            if done % config.checkpoint_every == 0 or final:
+                check_pending()  # never checkpoint a state whose metrics are unchecked
+                checkpointer.save(state, force=final)
+        outputs = None
+        if predict_fn is not None:
+            eval_metrics, outputs = run_eval()
+            final_step = int(parallel.to_host(state.step))
+            writer.log_metrics({"step": final_step, **eval_metrics})
+        checkpointer.wait()
+    finally:
+        writer.close()
+        checkpointer.close()
+
+    final_step = int(parallel.to_host(state.step))
+    trained_steps = final_step - start
+    wall = time.perf_counter() - wall_start
+    summary = {
+        "step": final_step,
+        "resumed_from": start if latest is not None else None,
+        "wall_seconds": wall,
+        "steps_per_sec": trained_steps / wall if trained_steps else None,
+        **{f"train/{k}": v for k, v in last_train.items()},
+        **eval_metrics,
+    }
+    writer.write_json("summary.json", summary)
+    if is_main and task.report is not None and outputs is not None:
+        task.report(outputs, workdir)
+    return TrainResult(state, summary)
