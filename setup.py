@@ -15,10 +15,13 @@ EXPERIMENTS = [
     "tqdm>=4.66",
     "matplotlib>=3.8",
     "scikit-learn>=1.4",
+    "mnist1d>=0.0.2",
 ]
 TFDS = ["tensorflow-datasets>=4.9"]
 NOTEBOOKS = ["matplotlib>=3.8", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"]
 TEST = [
+    *EXPERIMENTS,
+    *TFDS,
     "pytest>=8",
     "pytest-xdist>=3.5",
     "hypothesis>=6.100",

@@ -10,7 +10,6 @@ downloaded.
 
 from __future__ import annotations
 
-import functools
 import random
 import socket
 
@@ -160,35 +159,8 @@ def test_mnist1d_values_are_left_standardised():
 
 
 # ------------------------------------------------------------------------------------------------
-# TFDS datasets (mocked).
+# TFDS datasets (mocked; the tfds_mock fixture is in conftest.py).
 # ------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def tfds_mock(monkeypatch):
-    """``tfds.testing.mock_data`` with its batched read fixed.
-
-    tfds 4.9.10's mock assigns ``__getitems__`` to the mocked ArrayRecord source as a plain
-    partial, so it is called without ``self`` and raises TypeError; real sources are unaffected.
-    The wrapper supplies the missing (unused) ``self``, so ``load`` runs its real batched path.
-    """
-    tfds = pytest.importorskip("tensorflow_datasets")
-    from tensorflow_datasets.testing import mocking
-
-    original = mocking._getitems
-
-    @functools.wraps(original)
-    def getitems(*args, **kwargs):
-        return original(*((None, *args) if len(args) == 1 else args), **kwargs)
-
-    monkeypatch.setattr(mocking, "_getitems", getitems)
-
-    def mock(num_examples):
-        return tfds.testing.mock_data(
-            num_examples=num_examples, policy=tfds.testing.MockPolicy.USE_CODE
-        )
-
-    return tfds, mock
 
 
 @pytest.mark.parametrize(
@@ -238,7 +210,6 @@ def test_tfds_source_without_batched_reads():
 
 
 def test_tfds_missing_data_raises_with_instructions(tmp_path, no_network):
-    pytest.importorskip("tensorflow_datasets")
     with pytest.raises(FileNotFoundError) as info:
         data.load("cifar100", "train", data_dir=tmp_path)
     message = str(info.value)

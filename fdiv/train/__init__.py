@@ -8,7 +8,7 @@ and sampling inside the step are expressed.
 """
 
 from fdiv.train import parallel
-from fdiv.train.checkpoint import Checkpointer
+from fdiv.train.checkpoint import Checkpointer, load_arrays
 from fdiv.train.loop import Dataset, NonFiniteError, Task, TrainConfig, TrainResult, evaluate, train
 from fdiv.train.state import LossFn, TrainState, Update, init_state, make_train_step
 
@@ -24,6 +24,7 @@ __all__ = [
     "Update",
     "evaluate",
     "init_state",
+    "load_arrays",
     "make_train_step",
     "parallel",
     "train",

@@ -10,12 +10,13 @@ from __future__ import annotations
 import os
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from fdiv.train.parallel import to_host
 from fdiv.train.state import TrainState
 
-__all__ = ["Checkpointer"]
+__all__ = ["Checkpointer", "load_arrays"]
 
 
 def _to_storable(state: TrainState) -> TrainState:
@@ -66,3 +67,23 @@ class Checkpointer:
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+def load_arrays(directory: str, step: int | None = None) -> dict:
+    """A checkpoint as a plain tree of numpy arrays, on any topology (no template state needed).
+
+    ``directory`` is a run's ``workdir/checkpoints``; ``step`` defaults to the latest. For analysis
+    and tests: resuming goes through :meth:`Checkpointer.restore`, which keeps typed keys.
+    """
+    steps = [int(name) for name in os.listdir(directory) if name.isdigit()]
+    if not steps:
+        raise FileNotFoundError(f"no checkpoint in {directory}")
+    path = os.path.join(directory, str(max(steps) if step is None else step), "default")
+    checkpointer = ocp.StandardCheckpointer()
+    metadata = checkpointer.metadata(path)
+    metadata = getattr(metadata, "item_metadata", metadata)
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata
+    )
+    return jax.tree.map(np.asarray, checkpointer.restore(path, target))

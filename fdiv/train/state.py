@@ -25,6 +25,7 @@ import optax
 __all__ = ["LossFn", "TrainState", "Update", "init_state", "make_train_step"]
 
 PyTree = Any
+_PREPROCESS_TAG = 2**31 - 1  # fold_in tag of the preprocess key, apart from the update indices
 Metrics = dict[str, jax.Array]
 # loss(params, model_state, batch, key) -> (scalar loss, (model_state updates, metrics))
 LossFn = Callable[
@@ -110,7 +111,7 @@ def _apply_update(
             grads[name], state.opt_state[name], state.params[name]
         )
         params[name] = optax.apply_updates(state.params[name], updates)
-    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **metrics}
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **metrics}
     new_state = state.replace(
         params=params, model_state={**state.model_state, **model_state_updates}, opt_state=opt_state
     )
@@ -127,7 +128,7 @@ def make_train_step(
     """``train_step(state, batch) -> (state, metrics)``: pure; jit it with ``donate_argnums=0``.
 
     The step's key is ``fold_in(state.key, state.step)``; ``preprocess(batch, key)`` (e.g. data
-    augmentation) gets ``fold_in(step_key, -1)`` and the ``i``-th update's ``r``-th repeat gets
+    augmentation) gets ``fold_in(step_key, 2**31 - 1)`` and the ``i``-th update's ``r``-th repeat gets
     ``fold_in(fold_in(step_key, i), r)``. ``metrics["loss"]`` is the sum of the updates' losses.
 
     Args:
@@ -153,7 +154,7 @@ def make_train_step(
     def train_step(state: TrainState, batch: Mapping[str, jax.Array]) -> tuple[TrainState, Metrics]:
         step_key = jax.random.fold_in(state.key, state.step)
         if preprocess is not None:
-            batch = preprocess(batch, jax.random.fold_in(step_key, -1))
+            batch = preprocess(batch, jax.random.fold_in(step_key, _PREPROCESS_TAG))
         metrics: Metrics = {}
         for i, update in enumerate(updates):
             update_key = jax.random.fold_in(step_key, i)

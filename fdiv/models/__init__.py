@@ -1,0 +1,128 @@
+"""Small Flax Linen classifiers for knowledge-distillation experiments.
+
+Every model maps a channels-last float input ``[B, *input_shape]`` to logits ``[B, num_classes]``
+and takes a keyword-only ``train: bool`` in ``__call__`` (required, also for models without batch
+norm, so that callers are uniform)::
+
+    from fdiv import models
+
+    module = models.get("resnet20", num_classes=10)
+    variables = module.init(key, x, train=False)
+    logits = module.apply(variables, x, train=False)
+    # models with batch norm (models.has_batch_norm(module), i.e. "batch_stats" in variables):
+    logits, updates = module.apply(variables, x, train=True, mutable=["batch_stats"])
+    variables = {**variables, **updates}
+
+Registry names (:func:`names`): ``"mlp"`` (:class:`MLP`), ``"cnn"`` (:class:`CNN`) and the CIFAR
+ResNets ``"resnet8"``, ``"resnet20"``, ``"resnet32"``, ``"resnet56"``, ``"resnet110"``
+(:class:`CIFARResNet` with that depth). The classes can also be constructed directly; all their
+fields are keyword-only.
+
+Requires flax (the ``experiments`` extra); ``fdiv`` itself does not import this subpackage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+from fdiv.models._common import ACTIVATIONS, BN_EPSILON, BN_MOMENTUM
+from fdiv.models.cnn import CNN
+from fdiv.models.mlp import MLP
+from fdiv.models.resnet import BasicBlock, CIFARResNet
+
+__all__ = [
+    "ACTIVATIONS",
+    "BN_EPSILON",
+    "BN_MOMENTUM",
+    "CNN",
+    "MLP",
+    "BasicBlock",
+    "CIFARResNet",
+    "get",
+    "has_batch_norm",
+    "names",
+    "param_count",
+]
+
+# name -> (class, fields fixed by the name)
+_REGISTRY: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
+    "mlp": (MLP, {}),
+    "cnn": (CNN, {}),
+    **{f"resnet{d}": (CIFARResNet, {"depth": d}) for d in (8, 20, 32, 56, 110)},
+}
+
+
+def _natural_key(name: str) -> tuple[str, int]:
+    head = name.rstrip("0123456789")
+    return head, int(name[len(head) :] or -1)
+
+
+def names() -> list[str]:
+    """Registry names accepted by :func:`get`, sorted naturally (``resnet8`` before ``resnet20``)."""
+    return sorted(_REGISTRY, key=_natural_key)
+
+
+def _fields(cls: type[nn.Module]) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls) if f.name not in ("parent", "num_classes")]
+
+
+def get(name: str, /, *, num_classes: int, **kwargs: Any) -> nn.Module:
+    """The registered model ``name`` with ``num_classes`` outputs; ``kwargs`` go to its class.
+
+    ``name`` is positional-only, so ``name="teacher"`` reaches the flax module's own ``name``.
+    Raises ValueError for an unknown name (the message lists :func:`names`), for a keyword that the
+    name already fixes (``depth`` of ``"resnetN"``) and for invalid values (the message names the
+    field); TypeError, naming it, for a keyword the class does not have.
+    """
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; known models: {names()}")
+    cls, fixed = _REGISTRY[name]
+    clash = sorted(set(kwargs) & set(fixed))
+    if clash:
+        raise ValueError(
+            f"model {name!r} fixes {', '.join(f'{k}={fixed[k]!r}' for k in clash)}; "
+            f"use {cls.__name__}(...) directly for other values"
+        )
+    allowed = _fields(cls)
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        accepted = [k for k in allowed if k not in fixed]
+        raise TypeError(
+            f"model {name!r} got unexpected keyword argument(s) {unknown}; accepted: {accepted}"
+        )
+    return cls(num_classes=num_classes, **fixed, **kwargs)
+
+
+def has_batch_norm(module_or_variables: nn.Module | Mapping[str, Any]) -> bool:
+    """Whether a model has batch norm, i.e. needs ``mutable=["batch_stats"]`` when ``train=True``.
+
+    Accepts a model of this package (reads its ``has_batch_norm`` property, no init needed) or the
+    ``variables`` returned by ``module.init`` (then it is ``"batch_stats" in variables``, which
+    works for any flax module).
+    """
+    if isinstance(module_or_variables, Mapping):
+        return "batch_stats" in module_or_variables
+    flag = getattr(module_or_variables, "has_batch_norm", None)
+    if isinstance(flag, bool):
+        return flag
+    raise TypeError(
+        f"has_batch_norm: {type(module_or_variables).__name__} is not an fdiv.models model; "
+        "pass its variables instead ('batch_stats' in variables)"
+    )
+
+
+def param_count(params: Any) -> int:
+    """Number of scalars in a parameter pytree (``variables["params"]``).
+
+    A full ``variables`` mapping (one with a top-level ``"params"`` collection) is also accepted;
+    then only its ``"params"`` collection is counted, never ``batch_stats``.
+    """
+    if isinstance(params, Mapping) and "params" in params:
+        params = params["params"]
+    return int(sum(int(np.prod(np.shape(leaf))) for leaf in jax.tree_util.tree_leaves(params)))

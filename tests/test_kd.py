@@ -1,0 +1,301 @@
+"""KD losses against hand computations and numpy references; the KD experiment end to end."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.special import log_softmax, softmax
+
+from fdiv.losses import kd
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def np_kl(p, q):
+    return np.sum(np.where(p > 0, p * (np.log(np.where(p > 0, p, 1)) - np.log(q)), 0.0), axis=-1)
+
+
+def np_entropy(p):
+    return -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1)), 0.0), axis=-1)
+
+
+@pytest.fixture
+def logits():
+    rng = np.random.default_rng(0)
+    return (
+        rng.normal(size=(6, 5)).astype(np.float32) * 2,
+        rng.normal(size=(6, 5)).astype(np.float32) * 2,
+        rng.integers(0, 5, size=6),
+    )
+
+
+def test_hand_example_two_classes():
+    # Teacher p = (1/2, 1/2), student q = (1/4, 3/4), label 1, tau = 1:
+    # CE = -log(3/4); KL(p||q) = 1/2 log 2 + 1/2 log(2/3); KL(q||p) = 1/4 log(1/2) + 3/4 log(3/2).
+    teacher = jnp.log(jnp.array([[0.5, 0.5]]))
+    student = jnp.log(jnp.array([[0.25, 0.75]]))
+    labels = jnp.array([1])
+    ce = -np.log(0.75)
+    fwd = 0.5 * np.log(2) + 0.5 * np.log(2 / 3)
+    rev = 0.25 * np.log(0.5) + 0.75 * np.log(1.5)
+    np.testing.assert_allclose(kd.cross_entropy(student, labels), [ce], rtol=1e-6)
+    np.testing.assert_allclose(
+        kd.kd_loss(student, teacher, labels, temperature=1.0, kd_weight=2.0),
+        [ce + 2 * fwd],
+        rtol=1e-6,
+    )
+    # H(p) = log 2, H(q) = -(1/4 log 1/4 + 3/4 log 3/4); forward weight sigmoid(kappa (H(p) - H(q))).
+    h_q = -(0.25 * np.log(0.25) + 0.75 * np.log(0.75))
+    w = 1 / (1 + np.exp(-3.0 * (np.log(2) - h_q)))
+    np.testing.assert_allclose(kd.bdkd_forward_weight(student, teacher, kappa=3.0), [w], rtol=1e-6)
+    value = kd.bdkd_student_loss(
+        student, teacher, labels, temperature=1.0, kappa=3.0, kd_weight=0.5
+    )
+    np.testing.assert_allclose(value, [ce + 0.5 * (w * fwd + (1 - w) * rev)], rtol=1e-6)
+    # Teacher loss: CE(y, p) + lambda_t KL(q || p) = log 2 + 0.1 * rev.
+    np.testing.assert_allclose(
+        kd.bdkd_teacher_loss(teacher, student, labels, temperature=1.0, teacher_kd_weight=0.1),
+        [np.log(2) + 0.1 * rev],
+        rtol=1e-6,
+    )
+
+
+@pytest.mark.parametrize("tau", [1.0, 4.0])
+def test_kd_and_dml_match_numpy(logits, tau):
+    s, t, y = logits
+    p, q = softmax(t / tau, axis=-1), softmax(s / tau, axis=-1)
+    ce = -log_softmax(s, axis=-1)[np.arange(6), y]
+    expected = ce + 0.7 * tau**2 * np_kl(p, q)
+    np.testing.assert_allclose(
+        kd.kd_loss(s, t, y, temperature=tau, kd_weight=0.7), expected, rtol=1e-5
+    )
+    np.testing.assert_allclose(jax.jit(kd.dml_loss, static_argnames=("temperature", "kd_weight"))(s, t, y, temperature=tau, kd_weight=0.7), expected, rtol=1e-5)  # fmt: skip
+
+
+def test_any_f_distillation_uses_the_named_generator(logits):
+    s, t, _ = logits
+    tau = 2.0
+    p, q = softmax(t / tau, axis=-1), softmax(s / tau, axis=-1)
+    m = (p + q) / 2
+    js = 0.5 * np_kl(p, m) + 0.5 * np_kl(q, m)
+    tv = 0.5 * np.abs(p - q).sum(-1)
+    np.testing.assert_allclose(
+        kd.distillation_term(s, t, divergence_name="js", temperature=tau), tau**2 * js, rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        kd.distillation_term(s, t, divergence_name="tv", temperature=tau), tau**2 * tv, rtol=1e-5
+    )
+    np.testing.assert_allclose(kd.entropy(s), np_entropy(softmax(s, axis=-1)), rtol=1e-5)
+
+
+def test_teacher_side_is_detached_and_student_gradient_matches_closed_form(logits):
+    s, t, y = logits
+    tau = 3.0
+
+    def total(s, t):
+        return jnp.sum(kd.kd_loss(s, t, y, temperature=tau, kd_weight=1.0, ce_weight=0.0))
+
+    grad_s, grad_t = jax.grad(total, argnums=(0, 1))(s, t)
+    np.testing.assert_array_equal(grad_t, 0.0)
+    # d/ds [tau^2 KL(p_tau || q_tau)] = tau (q_tau - p_tau).
+    np.testing.assert_allclose(
+        grad_s, tau * (softmax(s / tau, -1) - softmax(t / tau, -1)), atol=1e-5
+    )
+    g = jax.grad(lambda t: jnp.sum(kd.bdkd_student_loss(s, t, y)))(t)
+    np.testing.assert_array_equal(g, 0.0)
+
+
+def test_masked_classes_give_finite_losses_and_gradients():
+    s = jnp.array([[0.0, 1.0, -jnp.inf], [2.0, -jnp.inf, 0.5]])
+    t = jnp.array([[1.0, 0.0, -jnp.inf], [0.0, -jnp.inf, 1.0]])
+    y = jnp.array([0, 2])
+    for fn in (
+        lambda s: kd.kd_loss(s, t, y),
+        lambda s: kd.bdkd_student_loss(s, t, y),
+        lambda s: kd.sinkd_loss(s, t, y)[None],
+    ):
+        value, grad = jax.value_and_grad(lambda s, fn=fn: jnp.sum(fn(s)))(s)
+        assert np.isfinite(value) and np.all(np.isfinite(grad)), fn
+
+
+def np_sinkhorn_plan(cost, epsilon, iters):
+    """Independent probability-domain Sinkhorn: K = exp(-C/eps), alternate row and column scaling."""
+    k = np.exp(-cost / epsilon)
+    u, v = np.ones(cost.shape[0]), np.ones(cost.shape[1])
+    for _ in range(iters):
+        u = 1.0 / (k @ v)
+        v = 1.0 / (k.T @ u)
+    return u[:, None] * k * v[None, :]
+
+
+def test_sinkhorn_distillation_matches_numpy(logits):
+    s, t, y = logits
+    q, p = softmax(s.astype(np.float64) / 2, -1), softmax(t.astype(np.float64) / 2, -1)
+    cost = np.abs(q[:, None, :] - p[None, :, :]).sum(-1)
+    plan = np_sinkhorn_plan(cost, 0.5, 20)
+    np.testing.assert_allclose(plan.sum(0), 1.0, rtol=1e-6)  # doubly stochastic (columns exact)
+    expected = np.sum(plan * cost)
+    got = kd.sinkhorn_distillation(s, t, temperature=2.0, epsilon=0.5, num_iters=20)
+    np.testing.assert_allclose(got, expected, rtol=1e-4)
+    total = kd.sinkd_loss(s, t, y, alpha=0.8, beta=0.5, sinkhorn_scale=0.01, kd_temperature=4.0, sinkhorn_temperature=2.0, epsilon=0.5)  # fmt: skip
+    ce = -log_softmax(s, -1)[np.arange(6), y]
+    kl = 16 * np_kl(softmax(t / 4, -1), softmax(s / 4, -1))
+    np.testing.assert_allclose(
+        total, np.mean(0.8 * kl + 0.2 * ce) + 0.5 * 0.01 * expected, rtol=1e-4
+    )
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (
+            lambda: kd.distillation_term(np.zeros((1, 2)), np.zeros((1, 2)), temperature=0.0),
+            "temperature must be > 0",
+        ),
+        (
+            lambda: kd.sinkd_loss(np.zeros((1, 2)), np.zeros((1, 2)), np.zeros(1, int), alpha=1.5),
+            "alpha must be in",
+        ),
+        (
+            lambda: kd.kd_loss(
+                np.zeros((1, 2)), np.zeros((1, 2)), np.zeros(1, int), divergence_name="nope"
+            ),
+            "kl",
+        ),
+    ],
+)
+def test_bad_loss_arguments(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+# --- the experiment -----------------------------------------------------------------------------
+
+
+def tiny_config(method, **train):
+    from configs.kd_digits import get_config
+
+    c = get_config()
+    c.method = method
+    c.divergence = "js"
+    c.teacher_steps = 2
+    c.train.total_steps = 2
+    c.train.progress = False
+    c.train.update(train)
+    return c
+
+
+METHODS = ["student", "vanilla", "fkd", "sinkd", "dml", "bdkd"]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_trains_two_steps(method, tmp_path):
+    from experiments import kd as kd_experiment
+
+    summary = kd_experiment.run(tiny_config(method), str(tmp_path))
+    assert summary["step"] == 2
+    assert 0.0 <= summary["eval/student/accuracy"] <= 1.0 and np.isfinite(
+        summary["eval/student/nll"]
+    )
+    for name in ["config.json", "metrics.jsonl", "summary.json", "reliability_student.png"]:
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert json.load(open(tmp_path / "config.json"))["method"] == method
+    if method in ("vanilla", "fkd", "sinkd"):
+        assert json.load(open(tmp_path / "teacher" / "summary.json"))["step"] == 2
+    if method != "student":
+        assert "eval/agreement" in summary and (tmp_path / "reliability_teacher.png").exists()
+
+
+@pytest.mark.parametrize(
+    "field, value, match",
+    [
+        (
+            "method",
+            "kd++",
+            r"method='kd\+\+' is not one of \['bdkd', 'dml', 'fkd', 'sinkd', 'student', 'vanilla'\]",
+        ),
+        ("divergence", "klx", "klx.*kl"),
+        ("temperature", -1.0, "temperature must be > 0"),
+        ("dataset", "imagenet", "dataset='imagenet' is not one of"),
+        ("teacher.model", "vit", "teacher.model='vit' is not one of"),
+        ("train.batch_size", 0, "train.batch_size must be a positive integer"),
+        ("optimizer.name", "lion", "optimizer.name='lion' is not one of"),
+        ("sinkd.num_iters", 0, "sinkd.num_iters must be >= 1"),
+    ],
+)
+def test_bad_configs_are_rejected_before_compute(field, value, match, tmp_path):
+    from experiments import kd as kd_experiment
+
+    c = tiny_config("fkd")
+    *parents, leaf = field.split(".")
+    node = c
+    for p in parents:
+        node = node[p]
+    node[leaf] = value
+    with pytest.raises(ValueError, match=match):
+        kd_experiment.run(c, str(tmp_path))
+    assert not os.listdir(tmp_path)  # nothing computed, nothing written
+
+
+def run_main(*args, env=None, timeout=120):
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.main", "--config=configs/kd_digits.py", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_main_rejects_unknown_fields_and_bad_values(tmp_path):
+    out = run_main(f"--workdir={tmp_path}/a", "--config.tempertaure=2.0")
+    assert out.returncode != 0 and "tempertaure" in out.stderr
+    out = run_main(f"--workdir={tmp_path}/b", "--config.method=distill")
+    assert out.returncode == 2 and "method='distill' is not one of" in out.stderr
+    out = run_main(f"--workdir={tmp_path}/c", "--config.train.batch_size=10", env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})  # fmt: skip
+    assert out.returncode == 2 and "batch_size=10 is not divisible by the 4 devices" in out.stderr
+    assert not os.path.exists(tmp_path / "b") and not os.path.exists(tmp_path / "c")
+
+
+def run_config_two_steps(config_name, tmp_path, tfds_mock, **networks):
+    import importlib
+
+    from experiments import kd as kd_experiment
+
+    c = importlib.import_module(f"configs.{config_name}").get_config()
+    c.teacher_steps = c.train.total_steps = 2
+    c.train.batch_size = c.train.eval_batch_size = 8
+    c.train.progress = False
+    for name, model in networks.items():
+        c[name].model = model
+    _, mock = tfds_mock
+    with mock(8):
+        summary = kd_experiment.run(c, str(tmp_path))
+    assert summary["step"] == 2 and np.isfinite(summary["eval/student/nll"])
+    return json.load(open(tmp_path / "teacher" / "config.json"))
+
+
+def test_mnist1d_config_runs_two_steps(tmp_path, tfds_mock):
+    assert run_config_two_steps("kd_mnist1d", tmp_path, tfds_mock)["teacher"]["model"] == "cnn"
+
+
+def test_cifar100_config_runs_two_steps_on_mock_data(tmp_path, tfds_mock):
+    """TFDS mock CIFAR-100 with the config's augmentation, SGD and batch-norm ResNets (shallow here)."""
+    config = run_config_two_steps(
+        "kd_cifar100", tmp_path, tfds_mock, teacher="resnet8", student="resnet8"
+    )
+    assert config["augment"] and config["optimizer"]["name"] == "sgd"
+
+
+@pytest.mark.slow
+def test_cifar100_config_as_written_runs_two_steps_on_mock_data(tmp_path, tfds_mock):
+    """ResNet-56 -> ResNet-20 as configured (about a minute of compilation on 2 CPU cores)."""
+    assert (
+        run_config_two_steps("kd_cifar100", tmp_path, tfds_mock)["teacher"]["model"] == "resnet56"
+    )
