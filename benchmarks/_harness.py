@@ -26,13 +26,25 @@ import jax
 
 def time_call(fn, *args, repeats: int = 5) -> float:
     """Median seconds per call of ``fn(*args)`` (already jitted), after a warm-up call."""
-    jax.block_until_ready(fn(*args))
-    samples = []
+    return time_interleaved({"fn": lambda: fn(*args)}, repeats=repeats)["fn"]
+
+
+def time_interleaved(fns: dict, *, repeats: int = 5) -> dict:
+    """Median seconds per call of each zero-argument ``fns[name]()``, after one warm-up call each.
+
+    The repeats run round-robin (``a b c a b c ...``), so that variants compared with each other see
+    the same background load on a shared machine. Results are synchronised with
+    ``jax.block_until_ready`` (a no-op on what is not a JAX array, e.g. PyTorch CPU tensors).
+    """
+    for fn in fns.values():
+        jax.block_until_ready(fn())
+    samples = {name: [] for name in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            jax.block_until_ready(fn())
+            samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def temp_bytes(fn, *args) -> int:

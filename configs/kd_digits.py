@@ -6,7 +6,7 @@ Any method: ``--config.method=student|vanilla|fkd|sinkd|dml|bdkd``; any-f KD pic
 with ``--config.divergence=js`` (any name of ``fdiv.generators.names()``).
 """
 
-from configs._kd_common import base_config, network
+from configs._kd_common import base_config, network, optimizer
 
 
 def get_config():
@@ -14,8 +14,12 @@ def get_config():
     c.dataset = "digits"
     c.teacher = network("mlp", mlp_hidden=(256, 256))
     c.student = network("mlp", mlp_hidden=(16,))
-    c.teacher_steps = 1000
-    c.train.total_steps = 1000
+    c.optimizer = optimizer("adam", learning_rate=3e-3, schedule="cosine")
+    c.teacher_optimizer = optimizer("adam", learning_rate=3e-3, schedule="cosine")
+    c.teacher_steps = 2000
+    c.train.total_steps = 2000
+    c.train.log_every = 200
+    c.train.checkpoint_every = 1000
     c.train.batch_size = 64
     c.train.eval_batch_size = 120  # 360 test images in 3 batches
     return c

@@ -10,6 +10,7 @@ machine with CPU collectives) set ``--config.distributed.num_processes=N
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 
 from absl import app, flags, logging
@@ -57,5 +58,40 @@ def main(argv) -> None:
         print(experiment.format_summary(summary))
 
 
+def _unknown_fields(argv: list[str]) -> list[str]:
+    """For each ``--config.a.b=v`` naming a field the config lacks: the field and its siblings."""
+    path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    if path is None:
+        return []
+    spec = importlib.util.spec_from_file_location("_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    problems = []
+    for arg in argv:
+        if not arg.startswith("--config."):
+            continue
+        node, walked = config, []
+        for part in arg.split("=", 1)[0][len("--config.") :].split("."):
+            if not hasattr(node, "keys") or part not in node:
+                where = ".".join(["config", *walked])
+                allowed = sorted(node.keys()) if hasattr(node, "keys") else []
+                problems.append(f"{where}.{part} does not exist; {where} has {allowed}")
+                break
+            node, walked = node[part], [*walked, part]
+    return problems
+
+
+def run() -> None:
+    try:
+        app.run(main)
+    except (AttributeError, KeyError):
+        # ml_collections rejects an override of a field the config lacks while absl parses the
+        # flags, with a bare key name; say which field and what is allowed instead.
+        problems = _unknown_fields(sys.argv[1:]) or ["unknown config field"]
+        print("error: invalid config override: " + "; ".join(problems), file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    run()

@@ -2,10 +2,13 @@
 
 Generators (``fdiv.generators``), divergences between categoricals given logits and between
 Gaussians, Monte Carlo / importance-weighted / variational estimators, and property-checking
-helpers for your own generators (``fdiv.testing``). Argument order is always ``(P, Q)``.
+helpers for your own generators (``fdiv.testing``); the seed methods as pure losses
+(``fdiv.losses``), classifier metrics (``fdiv.metrics``), log-domain Sinkhorn (``fdiv.transport``).
+Models, data and the trainer (``fdiv.models``, ``fdiv.data``, ``fdiv.train``) need the
+``experiments`` extra and are imported on their own. Argument order is always ``(P, Q)``.
 """
 
-from fdiv import fused, generators, testing
+from fdiv import fused, generators, losses, metrics, testing, transport
 from fdiv.divergences import (
     DivergenceTerms,
     divergence,
@@ -29,6 +32,9 @@ __all__ = [
     "gaussian_kl_diag",
     "fused",
     "generators",
+    "losses",
+    "metrics",
+    "transport",
     "testing",
     "importance_weighted_divergence",
     "monte_carlo_divergence",

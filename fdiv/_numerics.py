@@ -8,6 +8,7 @@ the branch not taken sees a harmless input and contributes an exact zero to the 
 from __future__ import annotations
 
 import functools
+import operator
 
 import jax
 import jax.numpy as jnp
@@ -168,3 +169,21 @@ def promote(fn):
         return fn(self, x.astype(compute_dtype(x))).astype(out_dtype)
 
     return wrapper
+
+
+def positive_int(name: str, value) -> int:
+    """``value`` as a Python int ``>= 1`` (a static loop count or bin count), else ``ValueError``.
+
+    ``bool`` and floats are rejected even where ``int()`` would accept them: ``True`` iterations or
+    ``2.5`` bins are mistakes, not requests.
+    """
+    message = f"{name} must be a Python int >= 1, got {value!r}"
+    if isinstance(value, bool):
+        raise ValueError(message)
+    try:
+        value = operator.index(value)
+    except TypeError as err:
+        raise ValueError(message) from err
+    if value < 1:
+        raise ValueError(message)
+    return value

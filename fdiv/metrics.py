@@ -11,7 +11,6 @@ Metrics are jit-able; ``num_bins`` is static.
 
 from __future__ import annotations
 
-import operator
 from typing import NamedTuple
 
 import chex
@@ -162,14 +161,7 @@ def expected_calibration_error(
       Binning" (AAAI 2015); Guo, Pleiss, Sun and Weinberger, "On Calibration of Modern Neural
       Networks" (ICML 2017).
     """
-    if isinstance(num_bins, bool):
-        raise ValueError(f"num_bins must be a Python int >= 1, got {num_bins!r}")
-    try:
-        num_bins = operator.index(num_bins)
-    except TypeError as err:
-        raise ValueError(f"num_bins must be a Python int >= 1, got {num_bins!r}") from err
-    if num_bins < 1:
-        raise ValueError(f"num_bins must be a Python int >= 1, got {num_bins}")
+    num_bins = nx.positive_int("num_bins", num_bins)
     logits, mask = _prepare(logits, where)
     labels = _labels(labels, logits.shape[0])
     dtype = logits.dtype

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import math
-import operator
 from typing import NamedTuple
 
 import jax
@@ -48,14 +47,7 @@ class SinkhornOutput(NamedTuple):
 
 
 def _check_hyperparameters(epsilon, num_iters) -> int:
-    if isinstance(num_iters, bool):
-        raise ValueError(f"num_iters must be a Python int >= 1, got {num_iters!r}")
-    try:
-        num_iters = operator.index(num_iters)
-    except TypeError as err:
-        raise ValueError(f"num_iters must be a Python int >= 1, got {num_iters!r}") from err
-    if num_iters < 1:
-        raise ValueError(f"num_iters must be a Python int >= 1, got {num_iters}")
+    num_iters = nx.positive_int("num_iters", num_iters)
     try:
         eps = float(epsilon)
     except (TypeError, jax.errors.ConcretizationTypeError):

@@ -6,6 +6,7 @@ Everything here is plain numpy on integer indices, so a run's data order is a pu
 
 from __future__ import annotations
 
+import functools
 import operator
 from collections.abc import Iterator
 
@@ -26,6 +27,14 @@ def _non_negative(value, what: str) -> int:
     if value < 0:
         raise ValueError(f"{what} must be >= 0, got {value}")
     return value
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_order(seed: int, epoch: int, num_examples: int) -> np.ndarray:
+    """Epoch ``epoch``'s permutation, cached: consecutive steps mostly read the same epoch."""
+    order = np.random.default_rng([seed, epoch]).permutation(num_examples)
+    order.flags.writeable = False  # shared between calls
+    return order
 
 
 def train_indices(step: int, *, num_examples: int, batch_size: int, seed: int) -> np.ndarray:
@@ -59,8 +68,7 @@ def train_indices(step: int, *, num_examples: int, batch_size: int, seed: int) -
     for epoch in range(start // num_examples, (stop - 1) // num_examples + 1):
         offset = epoch * num_examples
         lo, hi = max(start - offset, 0), min(stop - offset, num_examples)
-        order = np.random.default_rng([seed, epoch]).permutation(num_examples)
-        parts.append(order[lo:hi])
+        parts.append(_epoch_order(seed, epoch, num_examples)[lo:hi])
     return np.concatenate(parts).astype(np.int64, copy=False)
 
 

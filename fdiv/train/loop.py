@@ -26,7 +26,16 @@ from fdiv.train.checkpoint import Checkpointer
 from fdiv.train.state import TrainState, Update, init_state, make_train_step
 from fdiv.train.writers import RunWriter
 
-__all__ = ["Dataset", "NonFiniteError", "Task", "TrainConfig", "TrainResult", "train"]
+__all__ = [
+    "Dataset",
+    "NonFiniteError",
+    "Task",
+    "TrainConfig",
+    "TrainResult",
+    "evaluate",
+    "local_batch",
+    "train",
+]
 
 PyTree = Any
 
@@ -149,7 +158,8 @@ def _as_batch(examples: Any) -> dict[str, np.ndarray]:
     return {"inputs": np.asarray(inputs), "labels": np.asarray(labels)}
 
 
-def _local_batch(dataset: Dataset, global_indices: np.ndarray) -> dict[str, np.ndarray]:
+def local_batch(dataset: Dataset, global_indices: np.ndarray) -> dict[str, np.ndarray]:
+    """This process's block of the global batch ``global_indices``, as a dict of numpy arrays."""
     local = fdata.process_slice(
         global_indices, process_index=jax.process_index(), process_count=jax.process_count()
     )
@@ -166,7 +176,7 @@ def evaluate(
     """Run ``predict`` over the whole evaluation set; outputs on the host, padding dropped."""
     outputs: dict[str, list[np.ndarray]] = {}
     for indices, mask in fdata.eval_batches(len(task.eval_data), config.eval_batch):
-        batch = parallel.global_batch(_local_batch(task.eval_data, indices), mesh)
+        batch = parallel.global_batch(local_batch(task.eval_data, indices), mesh)
         out = parallel.to_host(predict_fn(state.params, state.model_state, batch))
         for name, value in out.items():
             outputs.setdefault(name, []).append(value[mask])
@@ -216,7 +226,10 @@ def train(
     if latest is not None:
         state = checkpointer.restore(state, latest)
         start = int(parallel.to_host(state.step))
-        messages.append(f"Resuming from the checkpoint at step {start} in {checkpointer.directory}")
+        done = "; the run is complete, evaluating only" if start >= config.total_steps else ""
+        messages.append(
+            f"Resuming from the checkpoint at step {start} in {checkpointer.directory}{done}"
+        )
 
     writer = RunWriter(
         workdir, enabled=is_main, total_steps=config.total_steps, initial_step=min(start, config.total_steps),
@@ -244,7 +257,7 @@ def train(
         indices = fdata.train_indices(
             step, num_examples=len(task.train_data), batch_size=config.batch_size, seed=config.seed
         )
-        return parallel.global_batch(_local_batch(task.train_data, indices), mesh)
+        return parallel.global_batch(local_batch(task.train_data, indices), mesh)
 
     pending: list[tuple[int, dict[str, jax.Array]]] = []  # device metrics not yet fetched
     checked: list[dict[str, np.ndarray]] = []  # fetched and finite, not yet logged
@@ -302,8 +315,8 @@ def train(
         outputs = None
         if predict_fn is not None:
             eval_metrics, outputs = run_eval()
-            final_step = int(parallel.to_host(state.step))
-            writer.log_metrics({"step": final_step, **eval_metrics})
+            if start < config.total_steps:  # a finished run re-opened adds no duplicate line
+                writer.log_metrics({"step": int(parallel.to_host(state.step)), **eval_metrics})
         checkpointer.wait()
     finally:
         writer.close()

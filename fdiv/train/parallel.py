@@ -72,6 +72,10 @@ def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
 def global_batch(local: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
     """Stitch each process's block ``[B / num_processes, ...]`` into global arrays ``[B, ...]``."""
     sharding = batch_sharding(mesh)
+    if jax.process_count() == 1:
+        # One process holds the whole batch: a plain device_put (one dispatch for the dict) costs
+        # ~4x less host time per step than make_array_from_process_local_data.
+        return jax.device_put({name: np.asarray(x) for name, x in local.items()}, sharding)
     out = {}
     for name, x in local.items():
         x = np.asarray(x)

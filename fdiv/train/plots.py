@@ -96,7 +96,9 @@ def reliability_diagram(
         linewidth=0.6,
         label="gap",
     )
-    top.plot(conf[full], acc[full], "o", color="black", markersize=3, label="mean confidence")
+    top.plot(
+        conf[full], acc[full], "o", color="black", markersize=3, label="bin (confidence, accuracy)"
+    )
     top.plot([0.0, 1.0], [0.0, 1.0], "--", color="gray", linewidth=1.0, label="perfect")
     top.set_xlim(0.0, 1.0)
     top.set_ylim(0.0, 1.0)
