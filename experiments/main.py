@@ -22,7 +22,7 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, plots.")
 flags.mark_flags_as_required(["config", "workdir"])
 
-EXPERIMENTS = {"kd": "experiments.kd"}
+EXPERIMENTS = {"kd": "experiments.kd", "fdistill": "experiments.fdistill"}
 
 
 def main(argv) -> None:

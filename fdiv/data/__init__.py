@@ -17,15 +17,29 @@ A training loop reads, at step ``s``::
 from fdiv.data._augment import augment_images
 from fdiv.data._datasets import ArrayDataset, Dataset, TFDSDataset, load, names
 from fdiv.data._sampling import eval_batches, process_slice, train_indices
+from fdiv.data.mixture import (
+    GaussianMixture,
+    mixture_denoiser,
+    mixture_log_prob,
+    mixture_sample,
+    mixture_score,
+    ring_mixture,
+)
 
 __all__ = [
     "ArrayDataset",
     "Dataset",
+    "GaussianMixture",
     "TFDSDataset",
     "augment_images",
     "eval_batches",
     "load",
+    "mixture_denoiser",
+    "mixture_log_prob",
+    "mixture_sample",
+    "mixture_score",
     "names",
     "process_slice",
+    "ring_mixture",
     "train_indices",
 ]

@@ -18,6 +18,14 @@ ResNets ``"resnet8"``, ``"resnet20"``, ``"resnet32"``, ``"resnet56"``, ``"resnet
 (:class:`CIFARResNet` with that depth). The classes can also be constructed directly; all their
 fields are keyword-only.
 
+Diffusion denoisers live in a separate registry, since they take ``(x, sigma)`` and return a
+denoised ``x`` rather than logits (:func:`denoiser_names`, :func:`get_denoiser`)::
+
+    module = models.get_denoiser("score_mlp", sigma_data=0.5)
+    denoised = module.apply(variables, x, sigma, train=False)
+
+``"score_mlp"`` (:class:`ScoreMLP`) and ``"score_cnn"`` (:class:`ScoreCNN`), EDM-preconditioned.
+
 Requires flax (the ``experiments`` extra); ``fdiv`` itself does not import this subpackage.
 """
 
@@ -35,6 +43,7 @@ from fdiv.models._common import ACTIVATIONS, BN_EPSILON, BN_MOMENTUM
 from fdiv.models.cnn import CNN
 from fdiv.models.mlp import MLP
 from fdiv.models.resnet import BasicBlock, CIFARResNet
+from fdiv.models.score import ScoreCNN, ScoreMLP, score_from_denoiser
 
 __all__ = [
     "ACTIVATIONS",
@@ -44,10 +53,15 @@ __all__ = [
     "MLP",
     "BasicBlock",
     "CIFARResNet",
+    "ScoreCNN",
+    "ScoreMLP",
+    "denoiser_names",
     "get",
+    "get_denoiser",
     "has_batch_norm",
     "names",
     "param_count",
+    "score_from_denoiser",
 ]
 
 # name -> (class, fields fixed by the name)
@@ -55,6 +69,12 @@ _REGISTRY: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
     "mlp": (MLP, {}),
     "cnn": (CNN, {}),
     **{f"resnet{d}": (CIFARResNet, {"depth": d}) for d in (8, 20, 32, 56, 110)},
+}
+
+# Diffusion denoisers ``D(x, sigma)``: a separate registry (no num_classes), see get_denoiser.
+_DENOISERS: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
+    "score_mlp": (ScoreMLP, {}),
+    "score_cnn": (ScoreCNN, {}),
 }
 
 
@@ -72,17 +92,12 @@ def _fields(cls: type[nn.Module]) -> list[str]:
     return [f.name for f in dataclasses.fields(cls) if f.name not in ("parent", "num_classes")]
 
 
-def get(name: str, /, *, num_classes: int, **kwargs: Any) -> nn.Module:
-    """The registered model ``name`` with ``num_classes`` outputs; ``kwargs`` go to its class.
+def denoiser_names() -> list[str]:
+    """Registry names accepted by :func:`get_denoiser`, sorted."""
+    return sorted(_DENOISERS)
 
-    ``name`` is positional-only, so ``name="teacher"`` reaches the flax module's own ``name``.
-    Raises ValueError for an unknown name (the message lists :func:`names`), for a keyword that the
-    name already fixes (``depth`` of ``"resnetN"``) and for invalid values (the message names the
-    field); TypeError, naming it, for a keyword the class does not have.
-    """
-    if not isinstance(name, str) or name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; known models: {names()}")
-    cls, fixed = _REGISTRY[name]
+
+def _build(name: str, cls: type[nn.Module], fixed: dict[str, Any], kwargs, **extra) -> nn.Module:
     clash = sorted(set(kwargs) & set(fixed))
     if clash:
         raise ValueError(
@@ -96,7 +111,40 @@ def get(name: str, /, *, num_classes: int, **kwargs: Any) -> nn.Module:
         raise TypeError(
             f"model {name!r} got unexpected keyword argument(s) {unknown}; accepted: {accepted}"
         )
-    return cls(num_classes=num_classes, **fixed, **kwargs)
+    return cls(**extra, **fixed, **kwargs)
+
+
+def get(name: str, /, *, num_classes: int, **kwargs: Any) -> nn.Module:
+    """The registered model ``name`` with ``num_classes`` outputs; ``kwargs`` go to its class.
+
+    ``name`` is positional-only, so ``name="teacher"`` reaches the flax module's own ``name``.
+    Raises ValueError for an unknown name (the message lists :func:`names`; a denoiser name is
+    pointed to :func:`get_denoiser`), for a keyword that the name already fixes (``depth`` of
+    ``"resnetN"``) and for invalid values (the message names the field); TypeError, naming it, for
+    a keyword the class does not have.
+    """
+    if isinstance(name, str) and name in _DENOISERS:
+        raise ValueError(
+            f"{name!r} is a diffusion denoiser, not a classifier: use "
+            f"fdiv.models.get_denoiser({name!r}, ...) (no num_classes)"
+        )
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; known models: {names()}")
+    cls, fixed = _REGISTRY[name]
+    return _build(name, cls, fixed, kwargs, num_classes=num_classes)
+
+
+def get_denoiser(name: str, /, **kwargs: Any) -> nn.Module:
+    """The registered diffusion denoiser ``name`` (:func:`denoiser_names`); ``kwargs`` go to its
+    class (e.g. ``hidden``/``channels``, ``sigma_data``, ``embed_dim``, flax's ``name``).
+
+    The module is called as ``module.apply(variables, x, sigma, train=False)`` and returns the
+    denoised ``x``. Errors as in :func:`get`.
+    """
+    if not isinstance(name, str) or name not in _DENOISERS:
+        raise ValueError(f"unknown denoiser {name!r}; known denoisers: {denoiser_names()}")
+    cls, fixed = _DENOISERS[name]
+    return _build(name, cls, fixed, kwargs)
 
 
 def has_batch_norm(module_or_variables: nn.Module | Mapping[str, Any]) -> bool:

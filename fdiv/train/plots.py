@@ -1,4 +1,4 @@
-"""PNG plots for the workdir: reliability diagrams and training curves (matplotlib, Agg).
+"""PNG plots for the workdir: reliability diagrams, training curves, 2-D samples, image grids.
 
 Figures are drawn on a :class:`matplotlib.figure.Figure` with the Agg canvas directly, never
 through ``pyplot``: no global figure state, no GUI backend, safe in threads and on headless hosts.
@@ -7,16 +7,18 @@ Parent directories of ``path`` are created.
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
+import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from fdiv.metrics import CalibrationBins
 
-__all__ = ["line_plot", "reliability_diagram"]
+__all__ = ["image_grid", "line_plot", "reliability_diagram", "scatter_2d", "scatter_grid"]
 
 
 def _save(fig: Figure, path: str | os.PathLike) -> None:
@@ -173,3 +175,325 @@ def line_plot(
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
     _save(fig, path)
+
+
+# --------------------------------------------------------------------------------------------
+# 2-D samples and image grids.
+# --------------------------------------------------------------------------------------------
+
+_GRID = 200  # density evaluation grid: _GRID x _GRID points over the extent
+_CONTOUR_STD = 5  # contour levels at peak - k^2 / 2, k = 0..5: 1..5 std rings of a Gaussian peak
+
+
+def _points_2d(points, name: str) -> np.ndarray:
+    array = np.asarray(points, np.float64)
+    if array.ndim != 2 or array.shape[1] != 2 or array.shape[0] < 1:
+        raise ValueError(f"{name} must have shape [n, 2] with n >= 1, got {array.shape}")
+    return array
+
+
+def _extent(
+    point_sets: Sequence[np.ndarray], extent: Sequence[float] | None
+) -> tuple[float, float, float, float]:
+    """``extent`` checked, or the 0.5-99.5 percentile box of all finite points plus a 10% margin."""
+    if extent is not None:
+        values = tuple(float(v) for v in extent)
+        if len(values) != 4 or not all(map(math.isfinite, values)):
+            raise ValueError(f"extent must be 4 finite numbers (x0, x1, y0, y1), got {extent!r}")
+        x0, x1, y0, y1 = values
+        if not (x0 < x1 and y0 < y1):
+            raise ValueError(f"extent must have x0 < x1 and y0 < y1, got {extent!r}")
+        return values
+    points = np.concatenate(point_sets, axis=0)
+    points = points[np.all(np.isfinite(points), axis=1)]
+    if points.shape[0] == 0:
+        return (-1.0, 1.0, -1.0, 1.0)
+    lo, hi = np.percentile(points, [0.5, 99.5], axis=0)
+    span = np.maximum(hi - lo, 1e-3)
+    lo, hi = lo - 0.1 * span, hi + 0.1 * span
+    return (float(lo[0]), float(hi[0]), float(lo[1]), float(hi[1]))
+
+
+def _density_grid(
+    density_fn: Callable[[np.ndarray], np.ndarray], extent: tuple[float, float, float, float]
+):
+    """``(X, Y, log_density)`` on a ``_GRID x _GRID`` grid over ``extent``; -inf/NaN -> NaN."""
+    xs = np.linspace(extent[0], extent[1], _GRID)
+    ys = np.linspace(extent[2], extent[3], _GRID)
+    gx, gy = np.meshgrid(xs, ys)
+    grid = np.stack([gx.ravel(), gy.ravel()], axis=-1)
+    log_density = np.asarray(density_fn(grid), np.float64)
+    if log_density.shape != (grid.shape[0],):
+        raise ValueError(
+            f"density_fn must map points [m, 2] to log densities [m], got shape "
+            f"{log_density.shape} for m = {grid.shape[0]}"
+        )
+    log_density = np.where(np.isfinite(log_density), log_density, np.nan)
+    return gx, gy, log_density.reshape(gx.shape)
+
+
+def _subsample(points: np.ndarray, max_points: int) -> np.ndarray:
+    """At most ``max_points`` rows, a fixed-seed random subset (order-independent, reproducible)."""
+    if points.shape[0] <= max_points:
+        return points
+    keep = np.random.default_rng(0).choice(points.shape[0], size=max_points, replace=False)
+    return points[np.sort(keep)]
+
+
+def _scatter_panel(ax, samples, *, density, extent, reference, max_points, title) -> None:
+    """One 2-D panel: filled log-density contours, reference points, samples, outside count."""
+    if density is not None:
+        gx, gy, log_density = density
+        if np.any(np.isfinite(log_density)):
+            peak = float(np.nanmax(log_density))
+            levels = peak - 0.5 * np.arange(_CONTOUR_STD, -1, -1, dtype=np.float64) ** 2
+            clipped = np.clip(np.nan_to_num(log_density, nan=-np.inf), levels[0] - 1.0, None)
+            ax.contourf(
+                gx, gy, clipped, levels=levels, cmap="Greys", alpha=0.5, extend="max", zorder=0
+            )
+            ax.contour(
+                gx,
+                gy,
+                clipped,
+                levels=levels[:-1],
+                colors="0.3",
+                linewidths=0.6,
+                linestyles="solid",
+                zorder=1,
+            )
+    if reference is not None:
+        ref = _subsample(reference, max_points)
+        ax.scatter(
+            ref[:, 0],
+            ref[:, 1],
+            s=3,
+            c="tab:orange",
+            alpha=0.35,
+            linewidths=0,
+            zorder=2,
+            label="reference",
+        )
+    shown = _subsample(samples, max_points)
+    ax.scatter(
+        shown[:, 0],
+        shown[:, 1],
+        s=3,
+        c="tab:blue",
+        alpha=0.5,
+        linewidths=0,
+        zorder=3,
+        label=f"samples (n={samples.shape[0]})",
+    )
+    x0, x1, y0, y1 = extent
+    outside = int(
+        np.sum(
+            ~(
+                (samples[:, 0] >= x0)
+                & (samples[:, 0] <= x1)
+                & (samples[:, 1] >= y0)
+                & (samples[:, 1] <= y1)
+            )
+        )
+    )
+    if outside:
+        ax.text(
+            0.02,
+            0.02,
+            f"{outside} of {samples.shape[0]} outside",
+            transform=ax.transAxes,
+            fontsize="x-small",
+            va="bottom",
+            bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.8},
+        )
+    ax.set_xlim(x0, x1)
+    ax.set_ylim(y0, y1)
+    ax.set_aspect("equal", adjustable="box")
+    ax.tick_params(labelsize="x-small")
+    if title:
+        ax.set_title(title, fontsize="medium")
+
+
+def scatter_2d(
+    samples,
+    path: str | os.PathLike,
+    *,
+    density_fn: Callable[[np.ndarray], np.ndarray] | None = None,
+    extent: Sequence[float] | None = None,
+    title: str = "",
+    reference=None,
+    max_points: int = 5000,
+) -> None:
+    """Scatter plot of 2-D samples, optionally over the contours of a known log density.
+
+    Samples are small translucent blue points. With ``density_fn``, the log density is evaluated
+    on a 200 x 200 grid over the extent and drawn underneath as filled grey contours with thin
+    solid contour lines at the log densities ``peak - k^2 / 2`` for ``k = 1, ..., 5`` (``peak``:
+    the largest log density on the grid), i.e. the 1-5 std rings of an isotropic Gaussian mode
+    at the peak; lighter modes of a mixture show fewer rings, so mode weights are visible.
+    ``-inf`` / NaN log densities count as below the lowest level. ``reference`` points
+    (e.g. samples of the target) are drawn in orange under the samples, with a legend. When more
+    than ``max_points`` points are given, a fixed-seed random subset of that size is drawn.
+    Samples outside the extent are counted in the lower-left corner.
+
+    Args:
+      samples: ``[n, 2]`` points (numpy or jax).
+      path: where to write the PNG.
+      density_fn: optional callable mapping numpy points ``[m, 2]`` (float64) to log densities
+        ``[m]``.
+      extent: ``(x0, x1, y0, y1)``; default: the 0.5-99.5 percentile box of the samples and
+        reference together, widened by 10% of its size on each side (robust to a few outliers).
+      title: figure title.
+      reference: optional ``[r, 2]`` points drawn in another colour.
+      max_points: the most points drawn per set, a positive int.
+
+    Returns:
+      None; writes ``path``.
+
+    References:
+      Hunter, "Matplotlib: A 2D Graphics Environment" (2007).
+    """
+    samples = _points_2d(samples, "samples")
+    reference = None if reference is None else _points_2d(reference, "reference")
+    max_points = _positive("max_points", max_points)
+    sets = [samples] if reference is None else [samples, reference]
+    box = _extent(sets, extent)
+    density = None if density_fn is None else _density_grid(density_fn, box)
+    fig = Figure(figsize=(5.0, 5.0), dpi=100, layout="constrained")
+    ax = fig.subplots()
+    _scatter_panel(
+        ax,
+        samples,
+        density=density,
+        extent=box,
+        reference=reference,
+        max_points=max_points,
+        title=title,
+    )
+    if reference is not None:
+        ax.legend(loc="upper right", fontsize="x-small", markerscale=3)
+    _save(fig, path)
+
+
+def scatter_grid(
+    panels: Mapping[str, np.ndarray],
+    path: str | os.PathLike,
+    *,
+    density_fn: Callable[[np.ndarray], np.ndarray] | None = None,
+    extent: Sequence[float] | None = None,
+    ncols: int = 4,
+    title: str = "",
+    max_points: int = 5000,
+) -> None:
+    """Several 2-D scatters side by side (one per method), with a shared extent and contours.
+
+    Each panel is drawn as in :func:`scatter_2d` (same contours of ``density_fn``, evaluated once)
+    and titled with its key; panels fill rows of ``ncols`` in the mapping's order, and the
+    unused cells of the last row are left blank.
+
+    Args:
+      panels: ``{name: samples [n, 2]}``, at least one.
+      path: where to write the PNG.
+      density_fn: optional callable mapping numpy points ``[m, 2]`` to log densities ``[m]``.
+      extent: ``(x0, x1, y0, y1)`` shared by all panels; default: the 0.5-99.5 percentile box
+        of all panels' samples together, widened by 10% on each side.
+      ncols: the most panels per row, a positive int.
+      title: figure title.
+      max_points: the most points drawn per panel, a positive int.
+
+    Returns:
+      None; writes ``path``.
+    """
+    if not panels:
+        raise ValueError("panels must hold at least one {name: samples [n, 2]}, got none")
+    ncols = _positive("ncols", ncols)
+    max_points = _positive("max_points", max_points)
+    data = {str(name): _points_2d(points, f"panels[{name!r}]") for name, points in panels.items()}
+    box = _extent(list(data.values()), extent)
+    density = None if density_fn is None else _density_grid(density_fn, box)
+    ncols = min(ncols, len(data))
+    nrows = math.ceil(len(data) / ncols)
+    fig = Figure(figsize=(3.2 * ncols, 3.2 * nrows + (0.4 if title else 0.0)), dpi=100)
+    fig.set_layout_engine("constrained")
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    for ax, (name, samples) in zip(axes, data.items(), strict=False):
+        _scatter_panel(
+            ax,
+            samples,
+            density=density,
+            extent=box,
+            reference=None,
+            max_points=max_points,
+            title=name,
+        )
+    for ax in axes[len(data) :]:
+        ax.set_axis_off()
+    if title:
+        fig.suptitle(title)
+    _save(fig, path)
+
+
+def image_grid(
+    images,
+    path: str | os.PathLike,
+    *,
+    ncols: int = 8,
+    title: str = "",
+    vmin: float | None = None,
+    vmax: float | None = None,
+) -> None:
+    """Grayscale images tiled in a grid (e.g. generated 8x8 digits), saved as a PNG.
+
+    The images are laid out row by row in one mosaic with a 1-pixel light-grey separator and
+    drawn with one shared grey scale (black = ``vmin``, white = ``vmax``), so brightness is
+    comparable across images; NaN pixels show in the separator colour.
+
+    Args:
+      images: ``[n, H, W]`` or ``[n, H, W, 1]``, ``n >= 1``.
+      path: where to write the PNG.
+      ncols: the most images per row, a positive int.
+      title: figure title.
+      vmin: the value drawn black; default the smallest finite pixel.
+      vmax: the value drawn white; default the largest finite pixel.
+
+    Returns:
+      None; writes ``path``.
+    """
+    array = np.asarray(images, np.float64)
+    if array.ndim == 4 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim != 3 or array.shape[0] < 1:
+        raise ValueError(
+            f"images must have shape [n, H, W] or [n, H, W, 1] with n >= 1, got {np.shape(images)}"
+        )
+    ncols = _positive("ncols", ncols)
+    n, height, width = array.shape
+    ncols = min(ncols, n)
+    nrows = math.ceil(n / ncols)
+    mosaic = np.full((nrows * (height + 1) + 1, ncols * (width + 1) + 1), np.nan)
+    for index in range(n):
+        row, col = divmod(index, ncols)
+        top, left = 1 + row * (height + 1), 1 + col * (width + 1)
+        mosaic[top : top + height, left : left + width] = array[index]
+    finite = array[np.isfinite(array)]
+    lo = float(vmin) if vmin is not None else (float(finite.min()) if finite.size else 0.0)
+    hi = float(vmax) if vmax is not None else (float(finite.max()) if finite.size else 1.0)
+    if hi <= lo:
+        hi = lo + 1.0
+    cmap = matplotlib.colormaps["gray"].with_extremes(bad="#c8c8c8")
+    scale = 0.6 / max(height, width)  # inches per pixel: each image is about 0.6 in wide
+    fig_w = max(2.5, mosaic.shape[1] * scale)
+    fig_h = mosaic.shape[0] * scale + (0.4 if title else 0.0)
+    fig = Figure(figsize=(fig_w, fig_h), dpi=100, layout="constrained")
+    ax = fig.subplots()
+    ax.imshow(mosaic, cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title)
+    _save(fig, path)
+
+
+def _positive(name: str, value) -> int:
+    """``value`` as a Python int ``>= 1``, else ``ValueError`` (bools and floats rejected)."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    return int(value)

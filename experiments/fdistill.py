@@ -1,0 +1,290 @@
+"""One-step diffusion distillation through the one trainer: f-distill (any f; reverse KL = DMD) and SIM.
+
+A one-step generator ``x = G(z)`` is fitted to a teacher diffusion model's distribution. Each
+train step runs ``config.critic_steps`` critic updates (the fake score ``s_psi``, trained by
+denoising score matching on generated samples, and for f-distill the discriminator whose logit is
+``log p_t / q_t``), then one generator update:
+
+- ``method="fdistill"``: surrogate with gradient ``h(r) (s_psi - s_p)^T dx/dtheta``,
+  ``h = g.weight(log r)`` for ``config.divergence`` (reverse KL: ``h = 1``, DMD/VSD; no
+  discriminator is trained then);
+- ``method="sim"``: score implicit matching with the L2 or pseudo-Huber distance, data-free.
+
+The teacher of ``dataset="mog"`` is exact: the analytic noised score of a 2-D mixture of 8
+Gaussians with unequal weights, whose true samples are also the discriminator's "real" samples.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from fdiv import data as fdata
+from fdiv import generators, metrics, models
+from fdiv.losses import diffusion as dl
+from fdiv.models.critic import NoiseClassifier
+from fdiv.models.score import ScoreMLP
+from fdiv.train import Task, TrainConfig, Update, train
+from fdiv.train import plots as train_plots
+
+METHODS = ("fdistill", "sim")
+DATASETS = ("mog",)
+DISTANCES = ("l2", "pseudo_huber")
+EVAL_SEED = 10_000  # the fixed evaluation noise and reference samples
+
+
+def _allowed(field: str, value: Any, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"{field}={value!r} is not one of {sorted(allowed)}")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Reject a bad config with a message naming the field and what is allowed, before compute."""
+    _allowed("method", config.method, METHODS)
+    _allowed("dataset", config.dataset, DATASETS)
+    if config.method == "fdistill":
+        generators.get(config.divergence)  # raises, listing the known names
+    _allowed("distance", config.distance, DISTANCES)
+    if not config.huber_c > 0:
+        raise ValueError(f"huber_c must be > 0, got {config.huber_c}")
+    if not 0 < config.sigma_min < config.sigma_max:
+        raise ValueError(
+            f"need 0 < sigma_min < sigma_max, got {config.sigma_min}, {config.sigma_max}"
+        )
+    if config.critic_steps < 1:
+        raise ValueError(f"critic_steps must be >= 1, got {config.critic_steps}")
+    s = config.stabilizers
+    if s.ratio_clip:
+        lo, hi = s.ratio_clip
+        if not 0 < lo < hi:
+            raise ValueError(
+                f"stabilizers.ratio_clip must be (lo, hi) with 0 < lo < hi, got {tuple(s.ratio_clip)}"
+            )
+    if s.logit_clamp is not None and s.logit_clamp <= 0:
+        raise ValueError(f"stabilizers.logit_clamp must be > 0 or None, got {s.logit_clamp}")
+    if not 0 <= s.ratio_momentum < 1:
+        raise ValueError(f"stabilizers.ratio_momentum must be in [0, 1), got {s.ratio_momentum}")
+    if s.ratio_bins < 0:
+        raise ValueError(f"stabilizers.ratio_bins must be >= 0 (0 disables), got {s.ratio_bins}")
+    for name in ("generator_optimizer", "critic_optimizer"):
+        if not config[name].learning_rate > 0:
+            raise ValueError(f"{name}.learning_rate must be > 0, got {config[name].learning_rate}")
+    TrainConfig.from_mapping(config.train.to_dict()).validate()
+
+
+def _mixture(config) -> fdata.GaussianMixture:
+    m = config.mixture
+    return fdata.ring_mixture(m.num_modes, radius=m.radius, std=m.std)
+
+
+def _sample_sigma(key, n, config):
+    """Log-uniform noise levels on ``[sigma_min, sigma_max]``."""
+    u = jax.random.uniform(key, (n,))
+    return jnp.exp(
+        jnp.log(config.sigma_min) + u * (jnp.log(config.sigma_max) - jnp.log(config.sigma_min))
+    )
+
+
+def _optimizer(opt_config, total_steps) -> optax.GradientTransformation:
+    lr = opt_config.learning_rate
+    schedule = (
+        optax.cosine_decay_schedule(lr, total_steps) if opt_config.schedule == "cosine" else lr
+    )
+    return optax.adam(schedule, b1=opt_config.b1, b2=opt_config.b2)
+
+
+def build_task(config: ml_collections.ConfigDict) -> tuple[Task, dict]:
+    """The trainer task and the evaluation reference (true samples, mixture) of ``config``."""
+    mix = _mixture(config)
+    dim = mix.means.shape[1]
+    latent = config.generator.latent_dim
+    generator = models.get(
+        "mlp", num_classes=dim, hidden=tuple(config.generator.hidden), activation="silu"
+    )
+    fake_score = ScoreMLP(hidden=tuple(config.fake_score.hidden), sigma_data=config.sigma_data)
+    discriminator = NoiseClassifier(
+        hidden=tuple(config.discriminator.hidden), sigma_data=config.sigma_data
+    )
+    use_discriminator = (
+        config.method == "fdistill" and generators.get(config.divergence).name != "reverse_kl"
+    )
+    s = config.stabilizers
+    num_bins = s.ratio_bins
+
+    real, _ = fdata.mixture_sample(
+        mix, jax.random.key(config.train.seed + 1), config.num_real_samples
+    )
+    train_data = fdata.ArrayDataset(
+        "mog", "train", np.asarray(real), np.zeros(len(real), np.int32), num_classes=1
+    )
+    eval_key = jax.random.key(EVAL_SEED)
+    z_eval = jax.random.normal(eval_key, (config.num_eval_samples, latent))
+    eval_data = fdata.ArrayDataset(
+        "noise", "eval", np.asarray(z_eval), np.zeros(len(z_eval), np.int32), num_classes=1
+    )
+    reference, _ = fdata.mixture_sample(
+        mix, jax.random.fold_in(eval_key, 1), config.num_eval_samples
+    )
+
+    def teacher_score(x, sigma):
+        return fdata.mixture_score(mix, x, sigma=sigma)
+
+    def score_of(denoiser_params, x, sigma):
+        denoised = fake_score.apply({"params": denoiser_params}, x, sigma, train=False)
+        return (denoised - x) / (sigma[:, None] ** 2)
+
+    def init(key):
+        k1, k2, k3 = jax.random.split(key, 3)
+        x, sig = jnp.zeros((1, dim)), jnp.ones((1,))
+        params = {
+            "generator": generator.init(k1, jnp.zeros((1, latent)), train=False)["params"],
+            "fake_score": fake_score.init(k2, x, sig, train=False)["params"],
+        }
+        model_state = {}
+        if use_discriminator:
+            params["discriminator"] = discriminator.init(k3, x, sig, train=False)["params"]
+            if num_bins:
+                model_state["ratio_stats"] = dl.init_ratio_stats(num_bins)
+        return params, model_state
+
+    def generate(params, z):
+        return generator.apply({"params": params["generator"]}, z, train=False)
+
+    def critic_loss(params, model_state, batch, key):
+        kz, ks, ke, kr, kre = jax.random.split(key, 5)
+        n = batch["inputs"].shape[0]
+        x0 = jax.lax.stop_gradient(generate(params, jax.random.normal(kz, (n, latent))))
+        sigma = _sample_sigma(ks, n, config)
+        eps = jax.random.normal(ke, x0.shape)
+        x_t = x0 + sigma[:, None] * eps
+        dsm = dl.denoising_score_loss(score_of(params["fake_score"], x_t, sigma), x0, eps, sigma)
+        metrics_ = {"dsm": jnp.mean(dsm)}
+        loss = jnp.mean(dsm)
+        if use_discriminator:
+            sigma_r = _sample_sigma(kr, n, config)
+            real_t = batch["inputs"] + sigma_r[:, None] * jax.random.normal(kre, x0.shape)
+            real_logit = discriminator.apply(
+                {"params": params["discriminator"]}, real_t, sigma_r, train=False
+            )
+            fake_logit = discriminator.apply(
+                {"params": params["discriminator"]}, x_t, sigma, train=False
+            )
+            disc = dl.discriminator_loss(real_logit, fake_logit)
+            loss = loss + jnp.mean(disc)
+            metrics_["discriminator"] = jnp.mean(disc)
+        return loss, ({}, metrics_)
+
+    def generator_loss(params, model_state, batch, key):
+        kz, ks, ke = jax.random.split(key, 3)
+        n = batch["inputs"].shape[0]
+        x = generate(params, jax.random.normal(kz, (n, latent)))
+        sigma = _sample_sigma(ks, n, config)
+        eps = jax.random.normal(ke, x.shape)
+        fixed = jax.lax.stop_gradient(params)  # the critics' parameters, never trained here
+        if config.method == "sim":
+            loss = dl.sim_generator_loss(
+                x, eps, sigma, teacher_score,
+                lambda x_t, sig: score_of(fixed["fake_score"], x_t, sig),
+                distance=config.distance, c=config.huber_c,
+            )  # fmt: skip
+            return jnp.mean(loss), ({}, {"sim": jnp.mean(loss)})
+        x_t = jax.lax.stop_gradient(x + sigma[:, None] * eps)
+        difference = score_of(fixed["fake_score"], x_t, sigma) - teacher_score(x_t, sigma)
+        updates, extra = {}, {}
+        if use_discriminator:
+            logit = discriminator.apply({"params": fixed["discriminator"]}, x_t, sigma, train=False)
+            stats = model_state.get("ratio_stats")
+            bins = dl.noise_bin(sigma, sigma_min=config.sigma_min, sigma_max=config.sigma_max, num_bins=num_bins) if num_bins else None  # fmt: skip
+            weight, new_stats = dl.fdistill_weight(
+                logit, config.divergence,
+                logit_clamp=s.logit_clamp, ratio_clip=tuple(s.ratio_clip) if s.ratio_clip else None,
+                stats=stats, bins=bins, momentum=s.ratio_momentum, normalize_batch=s.normalize_batch,
+            )  # fmt: skip
+            if new_stats is not None:
+                updates["ratio_stats"] = new_stats
+            extra = {"weight_max": jnp.max(weight), "log_ratio": jnp.mean(logit)}
+        else:
+            weight = None
+        normalizer = None
+        if config.stabilizers.dmd_normalize:
+            normalizer = dl.dmd_normalizer(x, x_t + sigma[:, None] ** 2 * teacher_score(x_t, sigma))
+        loss = dl.fdistill_generator_loss(x, difference, weight, dmd_normalizer=normalizer)
+        return jnp.mean(loss), (updates, {"surrogate": jnp.mean(loss), **extra})
+
+    critics = ("fake_score", "discriminator") if use_discriminator else ("fake_score",)
+    total = config.train.total_steps
+    optimizers = {name: _optimizer(config.critic_optimizer, total) for name in critics}
+    optimizers["generator"] = _optimizer(config.generator_optimizer, total)
+
+    ref = np.asarray(reference)
+
+    def predict(params, model_state, batch):
+        return {"samples": generate(params, batch["inputs"])}
+
+    def summarize(outputs):
+        x = outputs["samples"]
+        stats = metrics.mode_statistics(x, mix.means, mix.weights, std=float(np.max(mix.std)))
+        precision, recall = metrics.knn_precision_recall(ref, x, k=5)
+        return {
+            "modes_covered": float(stats.coverage) * len(mix.weights),
+            "coverage": float(stats.coverage),
+            "high_quality": float(stats.high_quality),
+            "weight_tv": float(stats.weight_tv),
+            "mmd": float(metrics.mmd_rbf(x, ref)),
+            "energy": float(metrics.energy_distance(x, ref)),
+            "precision": float(precision),
+            "recall": float(recall),
+        }
+
+    def report(outputs, workdir):
+        def log_density(points):
+            return np.asarray(fdata.mixture_log_prob(mix, jnp.asarray(points)))
+
+        train_plots.scatter_2d(
+            outputs["samples"], os.path.join(workdir, "samples.png"), density_fn=log_density,
+            title=f"{config.method} {config.divergence if config.method == 'fdistill' else config.distance}",
+        )  # fmt: skip
+        np.save(os.path.join(workdir, "samples.npy"), outputs["samples"])
+
+    task = Task(
+        init=init,
+        updates=[
+            Update("critic", critic_loss, critics, repeats=config.critic_steps),
+            Update("generator", generator_loss, ("generator",)),
+        ],
+        optimizers=optimizers,
+        train_data=train_data,
+        eval_data=eval_data,
+        predict=predict,
+        summarize=summarize,
+        report=report,
+    )
+    return task, {"mixture": mix, "reference": ref}
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    validate(config)
+    task, _ = build_task(config)
+    train_config = TrainConfig.from_mapping(config.train.to_dict())
+    return train(
+        task, train_config, workdir, config_json=config.to_json_best_effort(sort_keys=True)
+    ).summary
+
+
+def format_summary(summary: Mapping[str, Any]) -> str:
+    keys = ["modes_covered", "high_quality", "weight_tv", "mmd", "energy", "precision", "recall"]
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines.append("| " + " | ".join(f"{summary[f'eval/{k}']:.4f}" for k in keys) + " |")
+    return "\n".join(lines)
+
+
+def dumps(summary: Mapping[str, Any]) -> str:
+    return json.dumps(dict(summary), indent=2, sort_keys=True)
