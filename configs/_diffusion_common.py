@@ -30,7 +30,7 @@ def base_config() -> ConfigDict:
             "dmd_normalize": False,
         }
     )
-    c.generator = ConfigDict({"hidden": (128, 128, 128), "latent_dim": 2})
+    c.generator = ConfigDict({"hidden": (128, 128, 128), "latent_dim": 8})
     c.fake_score = ConfigDict({"hidden": (128, 128, 128)})
     c.discriminator = ConfigDict({"hidden": (128, 128)})
     c.generator_optimizer = ConfigDict(
@@ -43,7 +43,7 @@ def base_config() -> ConfigDict:
     c.num_eval_samples = 5_000
     c.train = ConfigDict(
         {
-            "total_steps": 3000,
+            "total_steps": 5000,
             "batch_size": 256,
             "seed": 0,
             "eval_batch_size": 1000,

@@ -100,6 +100,7 @@ def main() -> None:
         panels,
         figure,
         density_fn=lambda x: np.asarray(fdata.mixture_log_prob(mix, jnp.asarray(x))),
+        extent=fdistill.plot_extent(mix),
         ncols=4,
     )
     lines = [

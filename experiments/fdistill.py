@@ -85,6 +85,13 @@ def _mixture(config) -> fdata.GaussianMixture:
     return fdata.ring_mixture(m.num_modes, radius=m.radius, std=m.std)
 
 
+def plot_extent(mix) -> tuple[float, float, float, float]:
+    """The mixture's bounding box plus 4 component std: every mode is on the plot."""
+    means, pad = np.asarray(mix.means), 4 * float(np.max(mix.std))
+    lo, hi = means.min(0) - pad, means.max(0) + pad
+    return (float(lo[0]), float(hi[0]), float(lo[1]), float(hi[1]))
+
+
 def _sample_sigma(key, n, config):
     """Log-uniform noise levels on ``[sigma_min, sigma_max]``."""
     u = jax.random.uniform(key, (n,))
@@ -250,6 +257,7 @@ def build_task(config: ml_collections.ConfigDict) -> tuple[Task, dict]:
 
         train_plots.scatter_2d(
             outputs["samples"], os.path.join(workdir, "samples.png"), density_fn=log_density,
+            extent=plot_extent(mix),
             title=f"{config.method} {config.divergence if config.method == 'fdistill' else config.distance}",
         )  # fmt: skip
         np.save(os.path.join(workdir, "samples.npy"), outputs["samples"])
