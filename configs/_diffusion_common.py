@@ -39,7 +39,12 @@ def base_config() -> ConfigDict:
     c.critic_optimizer = ConfigDict(
         {"learning_rate": 2e-3, "schedule": "constant", "b1": 0.0, "b2": 0.99}
     )
-    c.num_real_samples = 20_000
+    # Image data sets only: the denoiser teacher trained first (<workdir>/teacher), and the MLP
+    # classifier whose hidden layer is the Frechet distance's feature space (<workdir>/classifier).
+    c.teacher = ConfigDict({"channels": (32, 64), "steps": 2000, "learning_rate": 1e-3})
+    c.classifier_steps = 500
+    c.data_dir = ""
+    c.num_real_samples = 20_000  # mixture only: true samples the discriminator sees as real
     c.num_eval_samples = 5_000
     c.train = ConfigDict(
         {

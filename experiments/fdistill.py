@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -28,15 +28,15 @@ import numpy as np
 import optax
 
 from fdiv import data as fdata
-from fdiv import generators, metrics, models
+from fdiv import diffusion, generators, metrics, models
 from fdiv.losses import diffusion as dl
 from fdiv.models.critic import NoiseClassifier
-from fdiv.models.score import ScoreMLP
-from fdiv.train import Task, TrainConfig, Update, train
+from fdiv.models.score import ScoreCNN, ScoreMLP
+from fdiv.train import Task, TrainConfig, Update, parallel, train
 from fdiv.train import plots as train_plots
 
 METHODS = ("fdistill", "sim")
-DATASETS = ("mog",)
+DATASETS = ("mog", "digits", "cifar10")
 DISTANCES = ("l2", "pseudo_huber")
 EVAL_SEED = 10_000  # the fixed evaluation noise and reference samples
 
@@ -108,15 +108,199 @@ def _optimizer(opt_config, total_steps) -> optax.GradientTransformation:
     return optax.adam(schedule, b1=opt_config.b1, b2=opt_config.b2)
 
 
-def build_task(config: ml_collections.ConfigDict) -> tuple[Task, dict]:
-    """The trainer task and the evaluation reference (true samples, mixture) of ``config``."""
+class Setting(NamedTuple):
+    """What a data set contributes: shapes, the teacher's score, real samples, evaluation."""
+
+    shape: tuple[int, ...]  # one sample's shape
+    teacher_score: Callable[[jax.Array, jax.Array], jax.Array]  # (x_t [B, ...], sigma [B]) -> score
+    real: np.ndarray  # "real" samples for the discriminator [N, ...]
+    fake_score: Any  # the fake-score denoiser module
+    summarize: Callable[[np.ndarray], dict[str, float]]
+    report: Callable[[np.ndarray, str], None]
+
+
+def _per_sample(sigma, x):
+    return sigma.reshape(sigma.shape + (1,) * (x.ndim - 1))
+
+
+def mixture_setting(config) -> Setting:
+    """The exact teacher: the analytic noised score of a 2-D mixture; its samples are the data."""
     mix = _mixture(config)
-    dim = mix.means.shape[1]
-    latent = config.generator.latent_dim
-    generator = models.get(
-        "mlp", num_classes=dim, hidden=tuple(config.generator.hidden), activation="silu"
+    real, _ = fdata.mixture_sample(
+        mix, jax.random.key(config.train.seed + 1), config.num_real_samples
     )
-    fake_score = ScoreMLP(hidden=tuple(config.fake_score.hidden), sigma_data=config.sigma_data)
+    reference = np.asarray(fdata.mixture_sample(mix, jax.random.fold_in(jax.random.key(EVAL_SEED), 1), config.num_eval_samples)[0])  # fmt: skip
+
+    def summarize(x):
+        stats = metrics.mode_statistics(x, mix.means, mix.weights, std=float(np.max(mix.std)))
+        precision, recall = metrics.knn_precision_recall(reference, x, k=5)
+        return {
+            "modes_covered": float(stats.coverage) * len(mix.weights),
+            "coverage": float(stats.coverage),
+            "high_quality": float(stats.high_quality),
+            "weight_tv": float(stats.weight_tv),
+            "mmd": float(metrics.mmd_rbf(x, reference)),
+            "energy": float(metrics.energy_distance(x, reference)),
+            "precision": float(precision),
+            "recall": float(recall),
+        }
+
+    def report(x, workdir):
+        def log_density(points):
+            return np.asarray(fdata.mixture_log_prob(mix, jnp.asarray(points)))
+
+        label = config.divergence if config.method == "fdistill" else config.distance
+        train_plots.scatter_2d(
+            x, os.path.join(workdir, "samples.png"), density_fn=log_density, extent=plot_extent(mix),
+            title=f"{config.method} {label}",
+        )  # fmt: skip
+
+    return Setting(
+        shape=(mix.means.shape[1],),
+        teacher_score=lambda x, sigma: fdata.mixture_score(mix, x, sigma=sigma),
+        real=np.asarray(real),
+        fake_score=ScoreMLP(hidden=tuple(config.fake_score.hidden), sigma_data=config.sigma_data),
+        summarize=summarize,
+        report=report,
+    )
+
+
+def _images(config, split):
+    """Data-set images scaled to [-1, 1] (digits are stored in [0, 1])."""
+    ds = fdata.load(config.dataset, split, data_dir=config.get("data_dir") or None)
+    x, y = ds.get(np.arange(len(ds)))
+    return (x * 2.0 - 1.0 if config.dataset == "digits" else x), y, ds.num_classes
+
+
+def train_teacher(config, workdir) -> Any:
+    """EDM denoiser on the training images, trained by the same trainer; returns its params."""
+    x, y, _ = _images(config, "train")
+    data = fdata.ArrayDataset(config.dataset, "train", x, y, num_classes=1)
+    denoiser = ScoreCNN(channels=tuple(config.teacher.channels), sigma_data=config.sigma_data)
+
+    def loss(params, model_state, batch, key):
+        k1, k2 = jax.random.split(key)
+        x0 = batch["inputs"]
+        sigma = diffusion.edm_sigma_sample(k1, x0.shape[0])
+        x_t = x0 + _per_sample(sigma, x0) * jax.random.normal(k2, x0.shape)
+        denoised = denoiser.apply({"params": params["teacher"]}, x_t, sigma, train=True)
+        value = jnp.mean(
+            diffusion.edm_denoising_loss(denoised, x0, sigma, sigma_data=config.sigma_data)
+        )
+        return value, ({}, {})
+
+    task = Task(
+        init=lambda key: (
+            {"teacher": denoiser.init(key, x[:1], jnp.ones((1,)), train=False)["params"]},
+            {},
+        ),
+        updates=[Update("teacher", loss, ("teacher",))],
+        optimizers={
+            "teacher": optax.adam(
+                optax.cosine_decay_schedule(config.teacher.learning_rate, config.teacher.steps)
+            )
+        },  # fmt: skip
+        train_data=data,
+    )
+    tconfig = TrainConfig.from_mapping(
+        {**config.train.to_dict(), "total_steps": config.teacher.steps}
+    )
+    result = train(task, tconfig, workdir, config_json=config.to_json_best_effort(sort_keys=True))
+    return denoiser, parallel.to_host(result.state.params["teacher"])
+
+
+def train_feature_classifier(config, workdir):
+    """A small MLP classifier on the images: its hidden layer is the Frechet distance's feature space."""
+    x, y, num_classes = _images(config, "train")
+    data = fdata.ArrayDataset(config.dataset, "train", x, y, num_classes=num_classes)
+    classifier = models.get("mlp", num_classes=num_classes, hidden=(128,))
+
+    def loss(params, model_state, batch, key):
+        logits = classifier.apply({"params": params["classifier"]}, batch["inputs"], train=True)
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"])
+        return jnp.mean(ce), ({}, {})
+
+    task = Task(
+        init=lambda key: ({"classifier": classifier.init(key, x[:1], train=False)["params"]}, {}),
+        updates=[Update("classifier", loss, ("classifier",))],
+        optimizers={"classifier": optax.adam(1e-3)},
+        train_data=data,
+    )
+    tconfig = TrainConfig.from_mapping(
+        {**config.train.to_dict(), "total_steps": config.classifier_steps}
+    )
+    params = parallel.to_host(train(task, tconfig, workdir).state.params["classifier"])
+
+    def features(images):
+        flat = jnp.asarray(images).reshape(len(images), -1)
+        return np.asarray(
+            jax.nn.relu(flat @ params["Dense_0"]["kernel"] + params["Dense_0"]["bias"])
+        )
+
+    return features
+
+
+def image_setting(config, workdir) -> Setting:
+    """A denoiser teacher trained on the images first (``<workdir>/teacher``), then distilled."""
+    denoiser, teacher_params = train_teacher(config, os.path.join(workdir, "teacher"))
+    features = train_feature_classifier(config, os.path.join(workdir, "classifier"))
+    real, _, _ = _images(config, "train")
+    test, _, _ = _images(config, "test")
+    test_features = features(test)
+    shape = real.shape[1:]
+
+    def teacher_score(x, sigma):
+        denoised = denoiser.apply({"params": teacher_params}, x, sigma, train=False)
+        return (denoised - x) / _per_sample(sigma, x) ** 2
+
+    # References for the generator's distance: the teacher's own samples (Heun, 18 steps) and
+    # training images, each against the test images' features.
+    x_T = config.sigma_max * jax.random.normal(
+        jax.random.key(EVAL_SEED + 1), (config.num_eval_samples, *shape)
+    )
+    sigmas = diffusion.karras_sigmas(18, sigma_min=0.002, sigma_max=config.sigma_max)
+    teacher_samples = jax.jit(diffusion.heun_sample, static_argnums=0)(
+        lambda x, sigma: denoiser.apply({"params": teacher_params}, x, jnp.broadcast_to(sigma, x.shape[:1]), train=False),
+        x_T, sigmas,
+    )  # fmt: skip
+    references = {
+        "teacher_frechet": metrics.frechet_distance(
+            features(np.asarray(teacher_samples)), test_features
+        ),
+        "data_frechet": metrics.frechet_distance(
+            features(real[: config.num_eval_samples]), test_features
+        ),
+    }
+
+    def summarize(x):
+        return {"frechet": metrics.frechet_distance(features(x), test_features), **references}
+
+    def report(x, workdir):
+        grid = x[:64] if x.shape[-1] == 1 else x[:64].mean(-1)  # colour shown as its channel mean
+        train_plots.image_grid(
+            grid, os.path.join(workdir, "samples.png"), ncols=8, title=config.method
+        )
+
+    return Setting(
+        shape=shape,
+        teacher_score=teacher_score,
+        real=real,
+        fake_score=ScoreCNN(channels=tuple(config.teacher.channels), sigma_data=config.sigma_data),
+        summarize=summarize,
+        report=report,
+    )
+
+
+def build_task(config: ml_collections.ConfigDict, workdir: str = "") -> tuple[Task, Setting]:
+    """The trainer task of ``config`` and its data setting (teacher, data, evaluation)."""
+    setting = mixture_setting(config) if config.dataset == "mog" else image_setting(config, workdir)
+    shape = setting.shape
+    size = int(np.prod(shape))
+    latent = config.generator.latent_dim
+    mlp = models.get(
+        "mlp", num_classes=size, hidden=tuple(config.generator.hidden), activation="silu"
+    )
+    fake_score = setting.fake_score
     discriminator = NoiseClassifier(
         hidden=tuple(config.discriminator.hidden), sigma_data=config.sigma_data
     )
@@ -125,32 +309,36 @@ def build_task(config: ml_collections.ConfigDict) -> tuple[Task, dict]:
     )
     s = config.stabilizers
     num_bins = s.ratio_bins
-
-    real, _ = fdata.mixture_sample(
-        mix, jax.random.key(config.train.seed + 1), config.num_real_samples
-    )
+    real = setting.real
     train_data = fdata.ArrayDataset(
-        "mog", "train", np.asarray(real), np.zeros(len(real), np.int32), num_classes=1
+        "real", "train", real, np.zeros(len(real), np.int32), num_classes=1
     )
-    eval_key = jax.random.key(EVAL_SEED)
-    z_eval = jax.random.normal(eval_key, (config.num_eval_samples, latent))
+    z_eval = jax.random.normal(jax.random.key(EVAL_SEED), (config.num_eval_samples, latent))
     eval_data = fdata.ArrayDataset(
         "noise", "eval", np.asarray(z_eval), np.zeros(len(z_eval), np.int32), num_classes=1
     )
-    reference, _ = fdata.mixture_sample(
-        mix, jax.random.fold_in(eval_key, 1), config.num_eval_samples
-    )
+    teacher_score = setting.teacher_score
 
-    def teacher_score(x, sigma):
-        return fdata.mixture_score(mix, x, sigma=sigma)
+    class _Generator:
+        """``G(z)``: an MLP to ``prod(shape)`` outputs, reshaped to the sample shape."""
+
+        @staticmethod
+        def init(key, z, train):
+            return mlp.init(key, z, train=train)
+
+        @staticmethod
+        def apply(variables, z, train):
+            return mlp.apply(variables, z, train=train).reshape((z.shape[0], *shape))
+
+    generator = _Generator
 
     def score_of(denoiser_params, x, sigma):
         denoised = fake_score.apply({"params": denoiser_params}, x, sigma, train=False)
-        return (denoised - x) / (sigma[:, None] ** 2)
+        return (denoised - x) / _per_sample(sigma, x) ** 2
 
     def init(key):
         k1, k2, k3 = jax.random.split(key, 3)
-        x, sig = jnp.zeros((1, dim)), jnp.ones((1,))
+        x, sig = jnp.zeros((1, *shape)), jnp.ones((1,))
         params = {
             "generator": generator.init(k1, jnp.zeros((1, latent)), train=False)["params"],
             "fake_score": fake_score.init(k2, x, sig, train=False)["params"],
@@ -171,13 +359,13 @@ def build_task(config: ml_collections.ConfigDict) -> tuple[Task, dict]:
         x0 = jax.lax.stop_gradient(generate(params, jax.random.normal(kz, (n, latent))))
         sigma = _sample_sigma(ks, n, config)
         eps = jax.random.normal(ke, x0.shape)
-        x_t = x0 + sigma[:, None] * eps
+        x_t = x0 + _per_sample(sigma, x0) * eps
         dsm = dl.denoising_score_loss(score_of(params["fake_score"], x_t, sigma), x0, eps, sigma)
         metrics_ = {"dsm": jnp.mean(dsm)}
         loss = jnp.mean(dsm)
         if use_discriminator:
             sigma_r = _sample_sigma(kr, n, config)
-            real_t = batch["inputs"] + sigma_r[:, None] * jax.random.normal(kre, x0.shape)
+            real_t = batch["inputs"] + _per_sample(sigma_r, x0) * jax.random.normal(kre, x0.shape)
             real_logit = discriminator.apply(
                 {"params": params["discriminator"]}, real_t, sigma_r, train=False
             )
@@ -203,7 +391,7 @@ def build_task(config: ml_collections.ConfigDict) -> tuple[Task, dict]:
                 distance=config.distance, c=config.huber_c,
             )  # fmt: skip
             return jnp.mean(loss), ({}, {"sim": jnp.mean(loss)})
-        x_t = jax.lax.stop_gradient(x + sigma[:, None] * eps)
+        x_t = jax.lax.stop_gradient(x + _per_sample(sigma, x) * eps)
         difference = score_of(fixed["fake_score"], x_t, sigma) - teacher_score(x_t, sigma)
         updates, extra = {}, {}
         if use_discriminator:
@@ -222,7 +410,9 @@ def build_task(config: ml_collections.ConfigDict) -> tuple[Task, dict]:
             weight = None
         normalizer = None
         if config.stabilizers.dmd_normalize:
-            normalizer = dl.dmd_normalizer(x, x_t + sigma[:, None] ** 2 * teacher_score(x_t, sigma))
+            normalizer = dl.dmd_normalizer(
+                x, x_t + _per_sample(sigma, x) ** 2 * teacher_score(x_t, sigma)
+            )
         loss = dl.fdistill_generator_loss(x, difference, weight, dmd_normalizer=normalizer)
         return jnp.mean(loss), (updates, {"surrogate": jnp.mean(loss), **extra})
 
@@ -231,35 +421,14 @@ def build_task(config: ml_collections.ConfigDict) -> tuple[Task, dict]:
     optimizers = {name: _optimizer(config.critic_optimizer, total) for name in critics}
     optimizers["generator"] = _optimizer(config.generator_optimizer, total)
 
-    ref = np.asarray(reference)
-
     def predict(params, model_state, batch):
         return {"samples": generate(params, batch["inputs"])}
 
     def summarize(outputs):
-        x = outputs["samples"]
-        stats = metrics.mode_statistics(x, mix.means, mix.weights, std=float(np.max(mix.std)))
-        precision, recall = metrics.knn_precision_recall(ref, x, k=5)
-        return {
-            "modes_covered": float(stats.coverage) * len(mix.weights),
-            "coverage": float(stats.coverage),
-            "high_quality": float(stats.high_quality),
-            "weight_tv": float(stats.weight_tv),
-            "mmd": float(metrics.mmd_rbf(x, ref)),
-            "energy": float(metrics.energy_distance(x, ref)),
-            "precision": float(precision),
-            "recall": float(recall),
-        }
+        return setting.summarize(outputs["samples"])
 
     def report(outputs, workdir):
-        def log_density(points):
-            return np.asarray(fdata.mixture_log_prob(mix, jnp.asarray(points)))
-
-        train_plots.scatter_2d(
-            outputs["samples"], os.path.join(workdir, "samples.png"), density_fn=log_density,
-            extent=plot_extent(mix),
-            title=f"{config.method} {config.divergence if config.method == 'fdistill' else config.distance}",
-        )  # fmt: skip
+        setting.report(outputs["samples"], workdir)
         np.save(os.path.join(workdir, "samples.npy"), outputs["samples"])
 
     task = Task(
@@ -275,12 +444,12 @@ def build_task(config: ml_collections.ConfigDict) -> tuple[Task, dict]:
         summarize=summarize,
         report=report,
     )
-    return task, {"mixture": mix, "reference": ref}
+    return task, setting
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     validate(config)
-    task, _ = build_task(config)
+    task, _ = build_task(config, workdir)
     train_config = TrainConfig.from_mapping(config.train.to_dict())
     return train(
         task, train_config, workdir, config_json=config.to_json_best_effort(sort_keys=True)
@@ -288,9 +457,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
 
 def format_summary(summary: Mapping[str, Any]) -> str:
-    keys = ["modes_covered", "high_quality", "weight_tv", "mmd", "energy", "precision", "recall"]
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines.append("| " + " | ".join(f"{summary[f'eval/{k}']:.4f}" for k in keys) + " |")
+    """The evaluation metrics as a one-row markdown table."""
+    keys = [k for k in summary if k.startswith("eval/")]
+    lines = ["| " + " | ".join(k[len("eval/") :] for k in keys) + " |", "|" + "---|" * len(keys)]
+    lines.append("| " + " | ".join(f"{summary[k]:.4f}" for k in keys) + " |")
     return "\n".join(lines)
 
 

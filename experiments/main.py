@@ -88,7 +88,9 @@ def run() -> None:
     except (AttributeError, KeyError):
         # ml_collections rejects an override of a field the config lacks while absl parses the
         # flags, with a bare key name; say which field and what is allowed instead.
-        problems = _unknown_fields(sys.argv[1:]) or ["unknown config field"]
+        problems = _unknown_fields(sys.argv[1:])
+        if not problems:
+            raise  # not an override problem: a real error inside the experiment
         print("error: invalid config override: " + "; ".join(problems), file=sys.stderr)
         sys.exit(2)
 

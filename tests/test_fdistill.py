@@ -75,3 +75,35 @@ def test_reversed_ratio_clip_is_rejected(tmp_path):
     c.stabilizers.ratio_clip = (20.0, 0.1)
     with pytest.raises(ValueError, match=r"ratio_clip must be \(lo, hi\) with 0 < lo < hi"):
         fdistill.run(c, str(tmp_path))
+
+
+def tiny_images(module, **overrides):
+    c = small(module, **overrides)
+    c.teacher.steps = 3
+    c.teacher.channels = (8, 16)
+    c.classifier_steps = 3
+    c.train.total_steps = 3
+    c.train.batch_size = 8
+    c.num_eval_samples = 16
+    c.train.eval_batch_size = 8
+    return c
+
+
+def test_digits_trains_a_teacher_a_feature_classifier_then_distils(tmp_path):
+    summary = fdistill.run(tiny_images("fdistill_digits"), str(tmp_path))
+    for stage in ("teacher", "classifier"):
+        assert json.load(open(tmp_path / stage / "summary.json"))["step"] == 3
+    assert summary["step"] == 3
+    assert all(
+        np.isfinite(summary[f"eval/{k}"]) for k in ("frechet", "teacher_frechet", "data_frechet")
+    )
+    assert (tmp_path / "samples.png").stat().st_size > 0
+    assert np.load(tmp_path / "samples.npy").shape == (16, 8, 8, 1)
+
+
+def test_cifar10_config_runs_on_mock_data(tmp_path, tfds_mock):
+    _, mock = tfds_mock
+    with mock(16):
+        summary = fdistill.run(tiny_images("fdistill_cifar10", method="sim"), str(tmp_path))
+    assert summary["step"] == 3 and np.isfinite(summary["eval/frechet"])
+    assert np.load(tmp_path / "samples.npy").shape == (16, 32, 32, 3)
