@@ -2,6 +2,8 @@
 
 from ml_collections import ConfigDict
 
+from configs._common import distributed_config, train_config
+
 
 def base_config() -> ConfigDict:
     c = ConfigDict()
@@ -46,18 +48,8 @@ def base_config() -> ConfigDict:
     c.data_dir = ""
     c.num_real_samples = 20_000  # mixture only: true samples the discriminator sees as real
     c.num_eval_samples = 5_000
-    c.train = ConfigDict(
-        {
-            "total_steps": 5000,
-            "batch_size": 256,
-            "seed": 0,
-            "eval_batch_size": 1000,
-            "log_every": 250,
-            "eval_every": 0,
-            "checkpoint_every": 1000,
-            "keep_checkpoints": 2,
-            "progress": True,
-        }
+    c.train = train_config(
+        total_steps=5000, batch_size=256, eval_batch_size=1000, log_every=250, checkpoint_every=1000
     )
-    c.distributed = ConfigDict({"num_processes": 1, "process_id": 0, "coordinator_address": ""})
+    c.distributed = distributed_config()
     return c

@@ -2,6 +2,8 @@
 
 from ml_collections import ConfigDict
 
+from configs._common import distributed_config, train_config
+
 
 def network(
     model: str,
@@ -77,18 +79,6 @@ def base_config() -> ConfigDict:
             "num_iters": 20,
         }
     )
-    c.train = ConfigDict(
-        {
-            "total_steps": 1000,
-            "batch_size": 64,
-            "seed": 0,
-            "eval_batch_size": 0,
-            "log_every": 100,
-            "eval_every": 0,
-            "checkpoint_every": 500,
-            "keep_checkpoints": 2,
-            "progress": True,
-        }
-    )
-    c.distributed = ConfigDict({"num_processes": 1, "process_id": 0, "coordinator_address": ""})
+    c.train = train_config()
+    c.distributed = distributed_config()
     return c

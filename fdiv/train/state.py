@@ -158,19 +158,12 @@ def make_train_step(
         metrics: Metrics = {}
         for i, update in enumerate(updates):
             update_key = jax.random.fold_in(step_key, i)
-            if update.repeats == 1:
+            # Repeats are unrolled, not a lax.scan: XLA:CPU runs convolutions several times slower
+            # inside a scanned loop, and repeat counts are small (a few critic updates per step).
+            for r in range(update.repeats):
                 state, m = _apply_update(
-                    update, optimizers, state, batch, jax.random.fold_in(update_key, 0)
+                    update, optimizers, state, batch, jax.random.fold_in(update_key, r)
                 )
-            else:
-
-                def body(carry, r, update=update, update_key=update_key):
-                    return _apply_update(
-                        update, optimizers, carry, batch, jax.random.fold_in(update_key, r)
-                    )
-
-                state, m = jax.lax.scan(body, state, jnp.arange(update.repeats))
-                m = jax.tree.map(lambda x: x[-1], m)
             metrics.update(m)
         metrics["loss"] = sum(metrics[f"{u.name}/loss"] for u in updates)
         return state.replace(step=state.step + 1), metrics
