@@ -14,6 +14,7 @@ def base_config() -> ConfigDict:
     c.huber_c = 1.0  # SIM pseudo-Huber c > 0
     c.dataset = "mog"
     c.mixture = ConfigDict({"num_modes": 8, "radius": 4.0, "std": 0.25})
+    c.mixture_teacher = "exact"  # exact (analytic noised score) | trained (ScoreMLP fitted first)
     c.sigma_data = 3.0  # the data's scale, for the networks' input scaling
     c.sigma_min = (
         0.05  # noise levels of the critic and generator updates: log-uniform in [min, max]

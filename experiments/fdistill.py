@@ -53,6 +53,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.method == "fdistill":
         generators.get(config.divergence)  # raises, listing the known names
     _allowed("distance", config.distance, DISTANCES)
+    _allowed("mixture_teacher", config.mixture_teacher, ("exact", "trained"))
     if not config.huber_c > 0:
         raise ValueError(f"huber_c must be > 0, got {config.huber_c}")
     if not 0 < config.sigma_min < config.sigma_max:
@@ -123,12 +124,20 @@ def _per_sample(sigma, x):
     return sigma.reshape(sigma.shape + (1,) * (x.ndim - 1))
 
 
-def mixture_setting(config) -> Setting:
-    """The exact teacher: the analytic noised score of a 2-D mixture; its samples are the data."""
+def mixture_setting(config, workdir) -> Setting:
+    """A 2-D mixture; its samples are the data. The teacher is exact (the analytic noised score),
+    or, with ``mixture_teacher="trained"``, a ``ScoreMLP`` denoiser fitted to those samples first
+    (``<workdir>/teacher``)."""
     mix = _mixture(config)
     real, _ = fdata.mixture_sample(
         mix, jax.random.key(config.train.seed + 1), config.num_real_samples
     )
+    if config.mixture_teacher == "trained":
+        denoiser = ScoreMLP(hidden=tuple(config.fake_score.hidden), sigma_data=config.sigma_data)
+        params = train_teacher(config, os.path.join(workdir, "teacher"), denoiser, np.asarray(real))
+        teacher_score = _denoiser_score(denoiser, params)
+    else:
+        teacher_score = lambda x, sigma: fdata.mixture_score(mix, x, sigma=sigma)  # noqa: E731
     reference = np.asarray(fdata.mixture_sample(mix, jax.random.fold_in(jax.random.key(EVAL_SEED), 1), config.num_eval_samples)[0])  # fmt: skip
 
     def summarize(x):
@@ -157,7 +166,7 @@ def mixture_setting(config) -> Setting:
 
     return Setting(
         shape=(mix.means.shape[1],),
-        teacher_score=lambda x, sigma: fdata.mixture_score(mix, x, sigma=sigma),
+        teacher_score=teacher_score,
         real=np.asarray(real),
         fake_score=ScoreMLP(hidden=tuple(config.fake_score.hidden), sigma_data=config.sigma_data),
         summarize=summarize,
@@ -172,16 +181,14 @@ def _images(config, split):
     return (x * 2.0 - 1.0 if config.dataset == "digits" else x), y, ds.num_classes
 
 
-def train_teacher(config, workdir) -> Any:
-    """EDM denoiser on the training images, trained by the same trainer; returns its params."""
-    x, y, _ = _images(config, "train")
-    data = fdata.ArrayDataset(config.dataset, "train", x, y, num_classes=1)
-    denoiser = ScoreCNN(channels=tuple(config.teacher.channels), sigma_data=config.sigma_data)
+def train_teacher(config, workdir, denoiser, x) -> Any:
+    """An EDM denoiser fitted to samples ``x`` by the same trainer; returns its host params."""
+    data = fdata.ArrayDataset(config.dataset, "train", x, np.zeros(len(x), np.int32), num_classes=1)
 
     def loss(params, model_state, batch, key):
         k1, k2 = jax.random.split(key)
         x0 = batch["inputs"]
-        sigma = diffusion.edm_sigma_sample(k1, x0.shape[0])
+        sigma = _sample_sigma(k1, x0.shape[0], config)  # the noise levels distillation queries
         x_t = x0 + _per_sample(sigma, x0) * jax.random.normal(k2, x0.shape)
         denoised = denoiser.apply({"params": params["teacher"]}, x_t, sigma, train=True)
         value = jnp.mean(
@@ -206,7 +213,18 @@ def train_teacher(config, workdir) -> Any:
         {**config.train.to_dict(), "total_steps": config.teacher.steps}
     )
     result = train(task, tconfig, workdir, config_json=config.to_json_best_effort(sort_keys=True))
-    return denoiser, parallel.to_host(result.state.params["teacher"])
+    return parallel.to_host(result.state.params["teacher"])
+
+
+def _denoiser_score(denoiser, params):
+    """``s(x, sigma) = (D(x, sigma) - x) / sigma^2`` of a trained EDM denoiser."""
+
+    def score(x, sigma):
+        return (denoiser.apply({"params": params}, x, sigma, train=False) - x) / _per_sample(
+            sigma, x
+        ) ** 2
+
+    return score
 
 
 def train_feature_classifier(config, workdir):
@@ -242,16 +260,16 @@ def train_feature_classifier(config, workdir):
 
 def image_setting(config, workdir) -> Setting:
     """A denoiser teacher trained on the images first (``<workdir>/teacher``), then distilled."""
-    denoiser, teacher_params = train_teacher(config, os.path.join(workdir, "teacher"))
+    real, _, _ = _images(config, "train")
+    denoiser = ScoreCNN(channels=tuple(config.teacher.channels), sigma_data=config.sigma_data)
+    teacher_params = train_teacher(config, os.path.join(workdir, "teacher"), denoiser, real)
     features = train_feature_classifier(config, os.path.join(workdir, "classifier"))
     real, _, _ = _images(config, "train")
     test, _, _ = _images(config, "test")
     test_features = features(test)
     shape = real.shape[1:]
 
-    def teacher_score(x, sigma):
-        denoised = denoiser.apply({"params": teacher_params}, x, sigma, train=False)
-        return (denoised - x) / _per_sample(sigma, x) ** 2
+    teacher_score = _denoiser_score(denoiser, teacher_params)
 
     # References for the generator's distance: the teacher's own samples (Heun, 18 steps) and
     # training images, each against the test images' features.
@@ -293,7 +311,11 @@ def image_setting(config, workdir) -> Setting:
 
 def build_task(config: ml_collections.ConfigDict, workdir: str = "") -> tuple[Task, Setting]:
     """The trainer task of ``config`` and its data setting (teacher, data, evaluation)."""
-    setting = mixture_setting(config) if config.dataset == "mog" else image_setting(config, workdir)
+    setting = (
+        mixture_setting(config, workdir)
+        if config.dataset == "mog"
+        else image_setting(config, workdir)
+    )
     shape = setting.shape
     size = int(np.prod(shape))
     latent = config.generator.latent_dim

@@ -107,3 +107,11 @@ def test_cifar10_config_runs_on_mock_data(tmp_path, tfds_mock):
         summary = fdistill.run(tiny_images("fdistill_cifar10", method="sim"), str(tmp_path))
     assert summary["step"] == 3 and np.isfinite(summary["eval/frechet"])
     assert np.load(tmp_path / "samples.npy").shape == (16, 32, 32, 3)
+
+
+def test_mixture_with_a_trained_teacher(tmp_path):
+    c = small(mixture_teacher="trained")
+    c.teacher.steps = 5
+    summary = fdistill.run(c, str(tmp_path))
+    assert json.load(open(tmp_path / "teacher" / "summary.json"))["step"] == 5
+    assert summary["step"] == 100 and np.isfinite(summary["eval/mmd"])
