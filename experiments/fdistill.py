@@ -16,7 +16,6 @@ Gaussians with unequal weights, whose true samples are also the discriminator's 
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
@@ -341,19 +340,6 @@ def build_task(config: ml_collections.ConfigDict, workdir: str = "") -> tuple[Ta
     )
     teacher_score = setting.teacher_score
 
-    class _Generator:
-        """``G(z)``: an MLP to ``prod(shape)`` outputs, reshaped to the sample shape."""
-
-        @staticmethod
-        def init(key, z, train):
-            return mlp.init(key, z, train=train)
-
-        @staticmethod
-        def apply(variables, z, train):
-            return mlp.apply(variables, z, train=train).reshape((z.shape[0], *shape))
-
-    generator = _Generator
-
     def score_of(denoiser_params, x, sigma):
         denoised = fake_score.apply({"params": denoiser_params}, x, sigma, train=False)
         return (denoised - x) / _per_sample(sigma, x) ** 2
@@ -362,7 +348,7 @@ def build_task(config: ml_collections.ConfigDict, workdir: str = "") -> tuple[Ta
         k1, k2, k3 = jax.random.split(key, 3)
         x, sig = jnp.zeros((1, *shape)), jnp.ones((1,))
         params = {
-            "generator": generator.init(k1, jnp.zeros((1, latent)), train=False)["params"],
+            "generator": mlp.init(k1, jnp.zeros((1, latent)), train=False)["params"],
             "fake_score": fake_score.init(k2, x, sig, train=False)["params"],
         }
         model_state = {}
@@ -373,7 +359,10 @@ def build_task(config: ml_collections.ConfigDict, workdir: str = "") -> tuple[Ta
         return params, model_state
 
     def generate(params, z):
-        return generator.apply({"params": params["generator"]}, z, train=False)
+        # G(z): an MLP to prod(shape) outputs, reshaped to the sample shape.
+        return mlp.apply({"params": params["generator"]}, z, train=False).reshape(
+            (z.shape[0], *shape)
+        )
 
     def critic_loss(params, model_state, batch, key):
         kz, ks, ke, kr, kre = jax.random.split(key, 5)
@@ -414,7 +403,8 @@ def build_task(config: ml_collections.ConfigDict, workdir: str = "") -> tuple[Ta
             )  # fmt: skip
             return jnp.mean(loss), ({}, {"sim": jnp.mean(loss)})
         x_t = jax.lax.stop_gradient(x + _per_sample(sigma, x) * eps)
-        difference = score_of(fixed["fake_score"], x_t, sigma) - teacher_score(x_t, sigma)
+        teacher = teacher_score(x_t, sigma)  # once: the difference and DMD's normaliser share it
+        difference = score_of(fixed["fake_score"], x_t, sigma) - teacher
         updates, extra = {}, {}
         if use_discriminator:
             logit = discriminator.apply({"params": fixed["discriminator"]}, x_t, sigma, train=False)
@@ -432,9 +422,7 @@ def build_task(config: ml_collections.ConfigDict, workdir: str = "") -> tuple[Ta
             weight = None
         normalizer = None
         if config.stabilizers.dmd_normalize:
-            normalizer = dl.dmd_normalizer(
-                x, x_t + _per_sample(sigma, x) ** 2 * teacher_score(x_t, sigma)
-            )
+            normalizer = dl.dmd_normalizer(x, x_t + _per_sample(sigma, x) ** 2 * teacher)
         loss = dl.fdistill_generator_loss(x, difference, weight, dmd_normalizer=normalizer)
         return jnp.mean(loss), (updates, {"surrogate": jnp.mean(loss), **extra})
 
@@ -484,7 +472,3 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     lines = ["| " + " | ".join(k[len("eval/") :] for k in keys) + " |", "|" + "---|" * len(keys)]
     lines.append("| " + " | ".join(f"{summary[k]:.4f}" for k in keys) + " |")
     return "\n".join(lines)
-
-
-def dumps(summary: Mapping[str, Any]) -> str:
-    return json.dumps(dict(summary), indent=2, sort_keys=True)

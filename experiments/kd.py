@@ -15,7 +15,6 @@ are ordinary trainer runs: each resumes from its own checkpoints.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -68,10 +67,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"sinkd.num_iters must be >= 1, got {config.sinkd.num_iters}")
     if not 0 <= config.sinkd.alpha <= 1:
         raise ValueError(f"sinkd.alpha must be in [0, 1], got {config.sinkd.alpha}")
-    for field in ("kd_weight", "bdkd.teacher_kd_weight"):
-        value = config.kd_weight if field == "kd_weight" else config.bdkd.teacher_kd_weight
-        if value < 0:
-            raise ValueError(f"{field} must be >= 0, got {value}")
+    if config.kd_weight < 0:
+        raise ValueError(f"kd_weight must be >= 0, got {config.kd_weight}")
+    if config.bdkd.teacher_kd_weight < 0:
+        raise ValueError(
+            f"bdkd.teacher_kd_weight must be >= 0, got {config.bdkd.teacher_kd_weight}"
+        )
     for opt in ("optimizer", "teacher_optimizer"):
         _allowed(f"{opt}.name", config[opt].name, OPTIMIZERS)
         _allowed(f"{opt}.schedule", config[opt].schedule, SCHEDULES)
@@ -400,7 +401,3 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     if "eval/agreement" in summary:
         lines.append(f"\nteacher-student agreement: {summary['eval/agreement']:.4f}")
     return "\n".join(lines)
-
-
-def dumps(summary: Mapping[str, Any]) -> str:
-    return json.dumps(dict(summary), indent=2, sort_keys=True)

@@ -13,7 +13,6 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from fdiv.train.parallel import to_host
 from fdiv.train.state import TrainState
 
 __all__ = ["Checkpointer", "load_arrays"]
@@ -24,17 +23,15 @@ def _to_storable(state: TrainState) -> TrainState:
 
 
 class Checkpointer:
-    """Saves every ``every`` steps (and on demand) and restores the latest step.
+    """Saves the steps the loop asks for and restores the latest one.
 
     Args:
       directory: where checkpoints go (``workdir/checkpoints``).
-      every: save interval in steps (the loop also saves the final step).
       keep: how many recent checkpoints to keep.
     """
 
-    def __init__(self, directory: str, *, every: int, keep: int = 2):
+    def __init__(self, directory: str, *, keep: int = 2):
         self.directory = os.path.abspath(directory)
-        self.every = every
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
@@ -43,10 +40,8 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
-    def save(self, state: TrainState, *, force: bool = False) -> bool:
-        step = int(to_host(state.step))
-        if not force and step % self.every:
-            return False
+    def save(self, state: TrainState, step: int) -> bool:
+        """Save ``state`` (at host step ``step``) unless that step is already saved."""
         if self._manager.latest_step() == step:
             return False
         return self._manager.save(step, args=ocp.args.StandardSave(_to_storable(state)), force=True)

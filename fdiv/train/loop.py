@@ -217,9 +217,7 @@ def train(
 
     root_key = jax.random.key(config.seed)
     state = jax.jit(init, out_shardings=replicated)(root_key)
-    checkpointer = Checkpointer(
-        f"{workdir}/checkpoints", every=config.checkpoint_every, keep=config.keep_checkpoints
-    )
+    checkpointer = Checkpointer(f"{workdir}/checkpoints", keep=config.keep_checkpoints)
     latest = checkpointer.latest_step()
     start = 0
     messages = []
@@ -311,7 +309,7 @@ def train(
                 writer.advance(done, last_train.get("loss"))
             if done % config.checkpoint_every == 0 or final:
                 check_pending()  # never checkpoint a state whose metrics are unchecked
-                checkpointer.save(state, force=final)
+                checkpointer.save(state, done)
         outputs = None
         if predict_fn is not None:
             eval_metrics, outputs = run_eval()
