@@ -22,7 +22,14 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, plots.")
 flags.mark_flags_as_required(["config", "workdir"])
 
-EXPERIMENTS = {"kd": "experiments.kd", "fdistill": "experiments.fdistill"}
+EXPERIMENTS = {
+    "kd": "experiments.kd",
+    "fdistill": "experiments.fdistill",
+    "fdpo": "experiments.lm_fdpo",
+    "fdpg": "experiments.lm_fdpg",
+    "dphrl": "experiments.lm_dphrl",
+    "seqmatch": "experiments.lm_seqmatch",
+}
 
 
 def main(argv) -> None:

@@ -29,6 +29,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.scipy.special import gammaln
 from jax.typing import ArrayLike
 
 from fdiv import _numerics as nx
@@ -46,6 +47,7 @@ __all__ = [
     "mmd_rbf",
     "mode_statistics",
     "nll",
+    "pass_at_k",
 ]
 
 
@@ -629,3 +631,89 @@ def frechet_distance(x_features: ArrayLike, y_features: ArrayLike) -> float:
     trace_root = np.sum(np.sqrt(np.maximum(np.linalg.eigvalsh(middle), 0.0)))
     value = diff @ diff + np.trace(cov_x) + np.trace(cov_y) - 2.0 * trace_root
     return float(max(value, 0.0))
+
+
+# ------------------------------------------------------------------------------------------------
+# pass@k.
+# ------------------------------------------------------------------------------------------------
+
+
+def _concrete(x) -> np.ndarray | None:
+    """``x`` as a numpy array when its value is known (not traced under ``jit``), else None."""
+    if isinstance(x, jax.core.Tracer):
+        return None
+    return np.asarray(x)
+
+
+def pass_at_k(num_samples: ArrayLike, num_correct: ArrayLike, k: int | ArrayLike) -> jax.Array:
+    r"""Unbiased pass@k estimate ``1 - C(n - c, k) / C(n, k)`` from ``n`` samples, ``c`` correct.
+
+    The probability that at least one of ``k`` samples drawn without replacement from the ``n``
+    generated ones is correct; its expectation over ``c ~ Binomial(n, p)`` is ``1 - (1 - p)^k``,
+    the pass@k of a per-sample success rate ``p`` (the naive ``1 - (1 - c/n)^k`` is biased).
+    Exactly 1 when ``n - c < k``, exactly 0 when ``c = 0``. Elementwise and jit-able.
+
+    In log space: for a Python int ``k`` (the usual case), ``C(n - c, k) / C(n, k) =
+    prod_{i < k} (1 - c / (n - i))`` is summed as ``sum_i log1p(-c / (n - i))`` (accurate to a
+    few float32 ulps for any ``n``); for an array ``k`` the log ratio is
+    ``gammaln(n - c + 1) - gammaln(n - c - k + 1) - gammaln(n + 1) + gammaln(n - k + 1)``
+    (``jax.scipy.special.gammaln``), which loses accuracy in float32 for large ``n``
+    (absolute errors ~1e-2 at ``n`` ~ 1e4): enable float64 there. The result is ``-expm1`` of it.
+
+    Args:
+      num_samples: ``n``, integers ``>= k`` (any shape, broadcast with the others).
+      num_correct: ``c``, integers in ``[0, n]``.
+      k: a Python int ``>= 1`` (static), or an integer array.
+
+    Returns:
+      pass@k estimates in ``[0, 1]``: float32, or float64 when x64 is enabled and the inputs are
+      integers or float64.
+
+    Raises:
+      ValueError: ``k < 1``, ``k > n`` or ``c`` outside ``[0, n]``, wherever the values are known
+        (not traced).
+
+    References:
+      Chen et al. (2021), Evaluating Large Language Models Trained on Code (the Codex paper),
+      equation (1).
+    """
+    if isinstance(k, bool):
+        raise ValueError(f"k must be an integer >= 1, got {k!r}")
+    static_k = isinstance(k, (int, np.integer))
+    n, c = jnp.asarray(num_samples), jnp.asarray(num_correct)
+    k_arr = None if static_k else jnp.asarray(k)
+    k_np = np.asarray(k) if static_k else _concrete(k)
+    n_np, c_np = _concrete(num_samples), _concrete(num_correct)
+    if k_np is not None and np.any(k_np < 1):
+        raise ValueError(f"k must be >= 1, got {k}")
+    if n_np is not None and k_np is not None and np.any(k_np > n_np):
+        raise ValueError(f"k must be <= num_samples, got k={k} and num_samples={num_samples}")
+    if n_np is not None and c_np is not None and (np.any(c_np < 0) or np.any(c_np > n_np)):
+        raise ValueError(
+            f"num_correct must be in [0, num_samples], got {num_correct} and {num_samples}"
+        )
+    dtype = jnp.result_type(n, c) if k_arr is None else jnp.result_type(n, c, k_arr)
+    if jnp.issubdtype(dtype, jnp.floating):
+        dtype = jnp.promote_types(dtype, jnp.float32)
+    else:
+        dtype = jax.dtypes.canonicalize_dtype(jnp.float64)
+    n, c = n.astype(dtype), c.astype(dtype)
+    if static_k:
+        i = jnp.arange(int(k), dtype=dtype)
+        remaining = n[..., None] - i  # n - i >= 1 for i < k <= n
+        nonzero = (remaining - c[..., None]) > 0  # every factor (n - c - i)/(n - i) > 0
+        terms = jnp.log1p(-c[..., None] / jnp.where(nonzero, remaining, 1.0))
+        log_ratio = jnp.sum(jnp.where(nonzero, terms, 0.0), axis=-1)
+        impossible = n - c < k
+    else:
+        kk = k_arr.astype(dtype)
+        impossible = n - c < kk
+        fail = jnp.where(impossible, kk, n - c)  # n - c >= k wherever the value is used
+        log_ratio = (
+            gammaln(fail + 1.0)
+            - gammaln(fail - kk + 1.0)
+            - gammaln(n + 1.0)
+            + gammaln(jnp.maximum(n - kk, 0.0) + 1.0)
+        )
+    value = jnp.where(impossible, 1.0, -jnp.expm1(jnp.minimum(log_ratio, 0.0)))
+    return (value + 0.0).astype(dtype)  # + 0.0 turns the -0.0 of c = 0 into 0.0

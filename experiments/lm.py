@@ -1,0 +1,174 @@
+"""Shared pieces of the language-model alignment experiments (``lm_fdpo``, ``lm_fdpg``,
+``lm_dphrl``, ``lm_seqmatch``): the tiny transformer, the base (SFT) policy every method starts
+from, and exact metrics by enumeration of all ``V^L`` sequences.
+
+The base policy is a :class:`fdiv.models.CausalTransformer` fitted by maximum likelihood to samples
+of a Markov "data language" (``config.language``) through the shared trainer in
+``<workdir>/base`` (or ``config.base.workdir``, so several runs can share it); it resumes from its
+own checkpoints like every trainer run.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+import fdiv
+from fdiv.data import language as lang
+from fdiv.models import sampling
+from fdiv.models.transformer import CausalTransformer
+from fdiv.train import Task, TrainConfig, Update, parallel, train
+
+
+class ArrayDict:
+    """In-memory examples as a dict of equal-length arrays (a trainer ``Dataset``)."""
+
+    def __init__(self, **arrays: np.ndarray):
+        lengths = {k: len(v) for k, v in arrays.items()}
+        if len(set(lengths.values())) != 1:
+            raise ValueError(f"arrays of different lengths: {lengths}")
+        self.arrays = {k: np.asarray(v) for k, v in arrays.items()}
+
+    def __len__(self) -> int:
+        return len(next(iter(self.arrays.values())))
+
+    def get(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        return {k: v[indices] for k, v in self.arrays.items()}
+
+
+def positive(field: str, value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"{field} must be > 0, got {value}")
+
+
+def allowed(field: str, value: Any, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{field}={value!r} is not one of {sorted(choices)}")
+
+
+def validate_common(config: ml_collections.ConfigDict) -> None:
+    """The fields every LM config shares: task size, model, optimiser, trainer."""
+    for field in ("vocab_size", "length"):
+        if not (isinstance(config[field], int) and config[field] >= 2):
+            raise ValueError(f"{field} must be an int >= 2, got {config[field]!r}")
+    if config.vocab_size**config.length > 2**16:
+        raise ValueError(
+            f"vocab_size**length = {config.vocab_size**config.length} sequences is too many to "
+            "enumerate exactly (at most 65536)"
+        )
+    lang.markov_language(
+        config.vocab_size,
+        seed=config.language.seed,
+        forbidden_per_token=config.language.forbidden_per_token,
+    )  # raises on a bad forbidden_per_token
+    model(config, num_actions=config.vocab_size, num_contexts=1)  # raises on bad sizes
+    positive("optimizer.learning_rate", config.optimizer.learning_rate)
+    positive("base.learning_rate", config.base.learning_rate)
+    if config.base.steps < 1 or config.base.num_samples < 1:
+        raise ValueError("base.steps and base.num_samples must be >= 1")
+    train_config(config).validate()
+
+
+def train_config(config: ml_collections.ConfigDict, **overrides) -> TrainConfig:
+    return TrainConfig.from_mapping({**config.train.to_dict(), **overrides})
+
+
+def language(config: ml_collections.ConfigDict) -> lang.MarkovLanguage:
+    return lang.markov_language(
+        config.vocab_size,
+        seed=config.language.seed,
+        forbidden_per_token=config.language.forbidden_per_token,
+    )
+
+
+def model(config, *, num_actions: int, num_contexts: int) -> CausalTransformer:
+    m = config.model
+    return CausalTransformer(
+        num_actions=num_actions, vocab_size=config.vocab_size, num_contexts=num_contexts,
+        max_len=config.length, dim=m.dim, num_heads=m.num_heads, num_layers=m.num_layers,
+    )  # fmt: skip
+
+
+def init_params(module: CausalTransformer, key: jax.Array, length: int):
+    return module.init(key, jnp.zeros((1,), jnp.int32), jnp.zeros((1, length), jnp.int32))["params"]
+
+
+def logits_fn(module: CausalTransformer, params):
+    """``(context, tokens) -> logits``: what :mod:`fdiv.models.sampling` calls."""
+    return lambda context, tokens: module.apply({"params": params}, context, tokens)
+
+
+def sequence_log_prob(module, params, context, tokens, *, num_tokens: int) -> jax.Array:
+    """``log pi(y | c)`` summed over tokens, the token actions only: ``[B]``."""
+    logits = module.apply({"params": params}, context, tokens)[..., :num_tokens]
+    return jnp.sum(sampling.token_log_probs(logits, tokens), axis=-1)
+
+
+def optimizer(learning_rate: float, clip_norm: float = 1.0) -> optax.GradientTransformation:
+    return optax.chain(optax.clip_by_global_norm(clip_norm), optax.adam(learning_rate))
+
+
+def train_base(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    module: CausalTransformer,
+    context: np.ndarray,
+    tokens: np.ndarray,
+):
+    """Maximum likelihood on ``(context, tokens)`` pairs: the base / reference / initial policy."""
+    base_dir = config.base.workdir or os.path.join(workdir, "base")
+    num_tokens = config.vocab_size
+
+    def mle(params, model_state, batch, key):
+        del model_state, key
+        logp = sequence_log_prob(
+            module, params["policy"], batch["context"], batch["tokens"], num_tokens=num_tokens
+        )
+        return -jnp.mean(logp) / tokens.shape[1], ({}, {})
+
+    task = Task(
+        init=lambda key: ({"policy": init_params(module, key, config.length)}, {}),
+        updates=[Update("mle", mle, ("policy",))],
+        optimizers={"policy": optimizer(config.base.learning_rate)},
+        train_data=ArrayDict(context=context, tokens=tokens),
+    )
+    cfg = train_config(config, total_steps=config.base.steps, batch_size=config.base.batch_size)
+    return parallel.to_host(train(task, cfg, base_dir).state.params["policy"])
+
+
+def divergences_to(log_target, log_model, prefix: str = "") -> dict[str, float]:
+    """Exact forward KL ``KL(p||pi)``, reverse KL ``KL(pi||p)``, JS, TV between two log-prob
+    vectors over the same enumerated support (``-inf`` for zero mass), and ``H(pi)``."""
+    log_target, log_model = jnp.asarray(log_target), jnp.asarray(log_model)
+    return {
+        f"{prefix}forward_kl": float(fdiv.divergence("kl", log_target, log_model)),
+        f"{prefix}reverse_kl": float(fdiv.divergence("kl", log_model, log_target)),
+        f"{prefix}js": float(fdiv.divergence("js", log_target, log_model)),
+        f"{prefix}tv": float(fdiv.divergence("total_variation", log_target, log_model)),
+    }
+
+
+def entropy(log_p) -> float:
+    log_p = np.asarray(log_p, np.float64)
+    p = np.exp(log_p)
+    return float(-np.sum(np.where(p > 0, p * np.where(p > 0, log_p, 0.0), 0.0)))
+
+
+def format_summary(summary: Mapping[str, Any]) -> str:
+    """One ``key: value`` line per exact metric, then the wall time."""
+    lines = [
+        f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}"
+        for k, v in summary.items()
+        if k.startswith("exact/")
+    ]
+    wall = summary.get("wall_seconds")
+    if wall is not None:
+        lines.append(f"wall_seconds: {wall:.1f}")
+    return "\n".join(lines)

@@ -1,0 +1,118 @@
+"""The four LM alignment experiments end to end at a tiny size, their configs' validation, and the
+exact evaluation pieces against independent computations."""
+
+import importlib
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+from experiments import lm
+
+FAMILIES = ("fdpo", "fdpg", "dphrl", "seqmatch")
+
+
+def tiny(family, **overrides):
+    config = importlib.import_module(f"configs.{family}_toy").get_config()
+    config.base.steps = 30
+    config.base.num_samples = 256
+    config.train.total_steps = 6
+    config.train.log_every = 3
+    config.train.checkpoint_every = 3
+    config.model.dim = 16
+    config.model.num_layers = 1
+    for key, value in overrides.items():
+        node = config
+        *path, last = key.split(".")
+        for part in path:
+            node = node[part]
+        node[last] = value
+    return config
+
+
+@pytest.mark.parametrize(
+    "family,overrides",
+    [
+        ("fdpo", {"divergence": "js"}),
+        ("fdpg", {"divergence": "forward_kl", "train.batch_size": 32}),
+        ("dphrl", {"divergence": "js", "eval_samples": 32, "pass_k": (1, 8), "num_stored": 16}),
+        ("seqmatch", {"divergence": "chi2", "num_forced": 4, "train.batch_size": 16}),
+    ],
+)
+def test_experiment_runs_and_reports_exact_metrics(tmp_path, family, overrides):
+    experiment = importlib.import_module(f"experiments.lm_{family}")
+    config = tiny(family, **overrides)
+    experiment.validate(config)
+    summary = experiment.run(config, str(tmp_path))
+    exact = {k: v for k, v in summary.items() if k.startswith("exact/")}
+    assert exact and all(not math.isnan(v) for v in exact.values())
+    assert summary["step"] == 6
+    with open(os.path.join(tmp_path, "summary.json")) as f:
+        assert json.load(f)["step"] == 6
+    assert "exact/" in experiment.format_summary(summary)
+    # re-opening a finished run re-evaluates without training: same exact metrics
+    again = experiment.run(config, str(tmp_path))
+    assert again["resumed_from"] == 6
+    for key, value in exact.items():
+        if "estimate" not in key:
+            assert again[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
+
+
+@pytest.mark.parametrize(
+    "family,overrides,message",
+    [
+        ("fdpo", {"divergence": "hellinger"}, "divergence='hellinger' is not one of"),
+        ("fdpo", {"alpha": 1.5}, "alpha must be in"),
+        ("fdpo", {"reward_weights": (1.0, 2.0)}, "reward_weights"),
+        ("fdpg", {"divergence": "nope"}, "forward_kl"),
+        ("fdpg", {"divergence": "reverse_kl"}, "constraint.floor > 0"),
+        ("dphrl", {"pass_k": (1, 500)}, "pass_k"),
+        ("dphrl", {"group_size": 1}, "group_size"),
+        ("seqmatch", {"backspace_rate": 2.0}, "backspace_rate"),
+        ("seqmatch", {"language.forbidden_per_token": 0}, "recovery needs invalid tokens"),
+        ("seqmatch", {"vocab_size": 16, "length": 5}, "too many to enumerate"),
+    ],
+)
+def test_bad_configs_are_rejected_before_compute(family, overrides, message):
+    experiment = importlib.import_module(f"experiments.lm_{family}")
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        experiment.validate(tiny(family, **overrides))
+
+
+def test_soft_constraint_allows_reverse_kl():
+    from experiments import lm_fdpg
+
+    lm_fdpg.validate(tiny("fdpg", divergence="reverse_kl", **{"constraint.floor": 1e-4}))
+
+
+def test_exact_divergences_against_numpy():
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.ones(12))
+    q = rng.dirichlet(np.ones(12))
+    p[3] = 0.0
+    p /= p.sum()
+    with np.errstate(divide="ignore"):
+        out = lm.divergences_to(np.log(p), np.log(q))
+    kl = lambda a, b: np.sum(np.where(a > 0, a * np.log(np.where(a > 0, a, 1) / b), 0.0))  # noqa: E731
+    m = (p + q) / 2
+    assert out["forward_kl"] == pytest.approx(kl(p, q), rel=1e-4)
+    assert out["reverse_kl"] == pytest.approx(kl(q, p), rel=1e-4)
+    assert out["js"] == pytest.approx(0.5 * kl(p, m) + 0.5 * kl(q, m), rel=1e-4)
+    assert out["tv"] == pytest.approx(0.5 * np.abs(p - q).sum(), rel=1e-4)
+    assert lm.entropy(np.log(q)) == pytest.approx(-np.sum(q * np.log(q)))
+
+
+def test_fdpg_target_is_the_constrained_base():
+    from experiments import lm_fdpg
+
+    config = tiny("fdpg")
+    seqs = np.array([[0, 0, 1, 2, 3], [0, 1, 1, 1, 1], [3, 0, 2, 0, 0]])
+    log_base = np.log([0.2, 0.3, 0.5])
+    with np.errstate(divide="ignore"):
+        out = lm_fdpg.target_log_unnormalized(config, seqs, log_base)
+    np.testing.assert_allclose(out, [np.log(0.2), -np.inf, np.log(0.5)])
+    config.constraint.floor = 0.01
+    out = lm_fdpg.target_log_unnormalized(config, seqs, log_base)
+    np.testing.assert_allclose(out, np.log([0.2, 0.3 * 0.01, 0.5]))
