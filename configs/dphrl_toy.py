@@ -3,7 +3,8 @@
     python -m experiments.main --config=configs/dphrl_toy.py --workdir=runs/dphrl_toy
 
 ``--config.divergence=none|forward_kl|js|reverse_kl|alpha`` (``none`` is GRPO alone); the penalty
-weight is ``--config.eta``.
+weight is ``--config.eta``. The JS penalty is the catalog's JS, half the DPH-RL paper's
+``g(u) = u log u - (u + 1) log((u + 1) / 2)``: ``--config.eta=2`` is the paper's g at weight 1.
 """
 
 from configs._lm_common import base_config
@@ -13,7 +14,7 @@ def get_config():
     c = base_config("dphrl")
     c.length = 4
     c.divergence = "forward_kl"
-    c.eta = 0.1
+    c.eta = 1.0
     c.num_prompts = 8
     c.target_offset = 3
     c.group_size = 16

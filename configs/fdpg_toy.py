@@ -15,6 +15,7 @@ def get_config():
     c.divergence = "forward_kl"
     c.constraint = {"token": 0, "minimum": 2, "floor": 0.0}
     c.baseline_decay = 0.9
+    c.proposal_every = 0  # 0: sample from the policy; k: from a copy refreshed every k steps
     c.train.batch_size = 256
     c.train.total_steps = 500
     return c

@@ -5,8 +5,8 @@ The base policy ``a`` is fitted to the Markov language; the target is the energy
 for violators when ``constraint.floor > 0``). The policy, initialised at ``a``, samples a batch
 inside each step and follows the f-DPG estimator of ``grad D_f(pi || p)`` (pseudo-reward
 ``-f'(pi / p)``, moving-average baseline, ``Z`` estimated by a running importance average over
-every sample so far; the policy at sampling time is the proposal, so the importance weights are 1
-unless the samples are drawn from a stale copy). ``config.divergence`` takes the alignment names of
+every sample so far). The proposal is the policy itself (``proposal_every = 0``, importance
+weights 1) or a stale copy of it refreshed every ``proposal_every`` steps (weights ``pi / q``). ``config.divergence`` takes the alignment names of
 :func:`fdiv.losses.policy.alignment_generator` (``forward_kl`` = ``KL(p || pi)`` = DPG,
 ``reverse_kl`` = ``KL(pi || p)``, ``js``, ``tv``) or any catalog generator (``D_f(pi || p)``).
 
@@ -45,6 +45,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         )
     if not 0 <= config.constraint.token < config.vocab_size:
         raise ValueError(f"constraint.token must be in [0, {config.vocab_size})")
+    if config.proposal_every < 0:
+        raise ValueError(f"proposal_every must be >= 0 (0: on-policy), got {config.proposal_every}")
     if not 0 <= config.baseline_decay < 1:
         raise ValueError(f"baseline_decay must be in [0, 1), got {config.baseline_decay}")
 
@@ -83,19 +85,30 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     def fdpg(params, model_state, batch, key):
         del batch
         stats = model_state["stats"]
-        frozen = lm.logits_fn(module, jax.lax.stop_gradient(params["policy"]))
-        tokens = sampling.sample(frozen, key, context, length=L).tokens
-        log_pi = lm.sequence_log_prob(module, params["policy"], context, tokens, num_tokens=V)
+        policy = params["policy"]
+        current = jax.lax.stop_gradient(policy)
+        if config.proposal_every:  # a stale copy of the policy, refreshed every k steps
+            refresh = stats["step"] % config.proposal_every == 0
+            proposal = jax.tree.map(
+                lambda new, old: jnp.where(refresh, new, old), current, model_state["proposal"]
+            )
+        else:  # on-policy: the policy at sampling time is the proposal
+            proposal = current
+        tokens = sampling.sample(lm.logits_fn(module, proposal), key, context, length=L).tokens
+        log_pi = lm.sequence_log_prob(module, policy, context, tokens, num_tokens=V)
+        log_q = lm.sequence_log_prob(module, proposal, context, tokens, num_tokens=V)
         index = sampling.sequence_index(tokens, V)
         log_p_unnorm = table[index]
         estimate = policy_losses.partition_update(
-            policy_losses.PartitionEstimate(stats["log_sum"], stats["count"]),
-            log_p_unnorm,
-            jax.lax.stop_gradient(log_pi),
+            policy_losses.PartitionEstimate(stats["log_sum"], stats["count"]), log_p_unnorm, log_q
         )
         log_z = policy_losses.partition_log_z(estimate)
         loss, terms = policy_losses.fdpg_loss(
-            log_pi, log_p_unnorm - log_z, divergence=generator, baseline=stats["baseline"]
+            log_pi,
+            log_p_unnorm - log_z,
+            divergence=generator,
+            baseline=stats["baseline"],
+            log_proposal=log_q if config.proposal_every else None,
         )
         signal = jnp.mean(terms.importance_weight * terms.pseudo_reward)
         new_stats = {
@@ -104,19 +117,32 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             "baseline": policy_losses.moving_average(
                 stats["baseline"], signal, decay=config.baseline_decay
             ),
+            "step": stats["step"] + 1,
         }
         metrics = {
             "log_z": log_z,
             "pseudo_reward": jnp.mean(terms.pseudo_reward),
+            "importance_weight": jnp.mean(terms.importance_weight),
             "constraint_rate": jnp.mean(satisfied[index].astype(jnp.float32)),
         }
-        return loss, ({"stats": new_stats}, metrics)
+        updates = {"stats": new_stats}
+        if config.proposal_every:
+            updates["proposal"] = proposal
+        return loss, (updates, metrics)
 
     def init(key):
         del key
         start = policy_losses.partition_init()
-        stats = {"log_sum": start.log_sum, "count": start.count, "baseline": jnp.zeros(())}
-        return {"policy": base}, {"stats": stats}
+        stats = {
+            "log_sum": start.log_sum,
+            "count": start.count,
+            "baseline": jnp.zeros(()),
+            "step": jnp.zeros((), jnp.int32),
+        }
+        model_state = {"stats": stats}
+        if config.proposal_every:
+            model_state["proposal"] = base
+        return {"policy": base}, model_state
 
     task = Task(
         init=init,

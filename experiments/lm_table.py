@@ -67,6 +67,7 @@ FAMILIES = {
             ("GRPO alone", {"divergence": "none"}),
             ("DPH forward KL", {"divergence": "forward_kl"}),
             ("DPH JS", {"divergence": "js"}),
+            ("DPH JS, eta = 2 (paper's g)", {"divergence": "js", "eta": 2.0}),
             ("DPH reverse KL", {"divergence": "reverse_kl"}),
         ],
         [

@@ -17,6 +17,8 @@ never negative, exactly 0 on duplicates, unlike ``|a|^2 + |b|^2 - 2 a.b``), a bl
 time, so that no more than about 2^22 numbers of the ``[n, m, d]`` differences are alive at once
 (``n = m = 5000`` in 2-D is about 12 blocks). All but :func:`frechet_distance` (a float64 numpy
 host-side metric) are pure, jit-able jnp functions; their keyword options are static Python numbers.
+
+Generation metrics: :func:`pass_at_k`, the unbiased pass@k estimator from ``n`` samples.
 """
 
 from __future__ import annotations
