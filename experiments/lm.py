@@ -111,6 +111,24 @@ def sequence_log_prob(module, params, context, tokens, *, num_tokens: int) -> ja
     return jnp.sum(sampling.token_log_probs(logits, tokens), axis=-1)
 
 
+def exact_log_probs(config, module, params, contexts=(0,)) -> np.ndarray:
+    """``log pi(y | c)`` of every sequence for each context (token actions only): float64
+    ``[C, V^L]`` (:func:`fdiv.models.sampling.enumerate_log_probs`)."""
+    fn = logits_fn(module, params)
+    out = sampling.enumerate_log_probs(
+        fn, contexts, vocab_size=config.vocab_size, length=config.length
+    )
+    return np.asarray(out, np.float64)
+
+
+def train_policy(task: Task, config: ml_collections.ConfigDict, workdir: str):
+    """Run ``task`` with ``config.train`` in ``workdir``: ``(summary, policy params, final state)``."""
+    result = train(
+        task, train_config(config), workdir, config_json=config.to_json_best_effort(sort_keys=True)
+    )
+    return result.summary, result.state.params["policy"], result.state
+
+
 def optimizer(learning_rate: float, clip_norm: float = 1.0) -> optax.GradientTransformation:
     return optax.chain(optax.clip_by_global_norm(clip_norm), optax.adam(learning_rate))
 

@@ -31,7 +31,7 @@ from fdiv import metrics
 from fdiv.data import language as lang
 from fdiv.losses import policy as policy_losses
 from fdiv.models import sampling
-from fdiv.train import Task, Update, train
+from fdiv.train import Task, Update
 
 format_summary = lm.format_summary
 
@@ -112,57 +112,46 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             log_prob=np.asarray(stored.log_prob),
         ),
     )
-    result = train(
-        task,
-        lm.train_config(config),
-        workdir,
-        config_json=config.to_json_best_effort(sort_keys=True),
-    )
-    final = result.state.params["policy"]
-    return {**result.summary, **evaluate(config, module, initial, final, targets)}
+    summary, final, _ = lm.train_policy(task, config, workdir)
+    return {**summary, **evaluate(config, module, initial, final, targets)}
 
 
 def evaluate(config, module, initial, final, targets) -> dict[str, float]:
-    """Exact pass@k, diversity and divergences to ``pi_0``, per prompt, averaged by split."""
-    V, L, C = config.vocab_size, config.length, config.num_prompts
-    seqs = sampling.all_sequences(V, L)
-    correct = lang.sum_task_correct(seqs[None], targets[:, None])  # [C, V^L]
-    log_pi0 = np.asarray(
-        sampling.enumerate_log_probs(
-            lm.logits_fn(module, initial), range(C), vocab_size=V, length=L
-        ),
-        np.float64,
-    )
-    log_pi = np.asarray(
-        sampling.enumerate_log_probs(lm.logits_fn(module, final), range(C), vocab_size=V, length=L),
-        np.float64,
-    )
-    n = config.eval_samples
+    """Exact pass@k, diversity and divergences to ``pi_0`` per prompt, averaged by split, for the
+    trained policy (``exact/<split>/...``) and for ``pi_0`` itself (``exact/<split>/initial/...``)."""
+    C = config.num_prompts
+    log_pi0 = lm.exact_log_probs(config, module, initial, range(C))
+    out = {}
+    for name, params, seed in (("", final, 10_000), ("initial/", initial, 20_000)):
+        log_pi = lm.exact_log_probs(config, module, params, range(C))
+        rows = _prompt_metrics(config, module, params, log_pi, log_pi0, targets, seed)
+        for split, ids in (("train", range(0, C, 2)), ("heldout", range(1, C, 2))):
+            for key in rows[0]:
+                out[f"exact/{split}/{name}{key}"] = float(np.mean([rows[c][key] for c in ids]))
+    return out
+
+
+def _prompt_metrics(config, module, params, log_pi, log_pi0, targets, seed) -> list[dict]:
+    V, L, C, n = config.vocab_size, config.length, config.num_prompts, config.eval_samples
+    correct = lang.sum_task_correct(sampling.all_sequences(V, L)[None], targets[:, None])
     draws = sampling.sample(
-        lm.logits_fn(module, final),
-        jax.random.key(config.train.seed + 10_000),
+        lm.logits_fn(module, params),
+        jax.random.key(config.train.seed + seed),
         jnp.asarray(np.repeat(np.arange(C), n)),
         length=L,
     ).tokens
-    num_correct = (
-        lang.sum_task_correct(np.asarray(draws), np.repeat(targets, n)).reshape(C, n).sum(1)
-    )
+    num_correct = lang.sum_task_correct(np.asarray(draws), np.repeat(targets, n))
+    num_correct = num_correct.reshape(C, n).sum(1)
     rows = []
     for c in range(C):
-        p = np.exp(log_pi[c])
-        pass1 = float(np.sum(p * correct[c]))
-        row = {"pass@1": pass1, "initial_pass@1": float(np.sum(np.exp(log_pi0[c]) * correct[c]))}
+        pass1 = float(np.sum(np.exp(log_pi[c]) * correct[c]))
+        row = {"pass@1": pass1}
         for k in config.pass_k:
-            row[f"pass@{k}"] = 1.0 - (1.0 - pass1) ** k
+            row[f"pass@{k}"] = 1.0 - (1.0 - pass1) ** k  # exact, for independent samples
             row[f"pass@{k}_estimate"] = float(metrics.pass_at_k(n, int(num_correct[c]), k))
         row["entropy"] = lm.entropy(log_pi[c])
         log_correct = np.where(correct[c], log_pi[c], -np.inf)
         row["correct_entropy"] = lm.entropy(log_correct - np.logaddexp.reduce(log_correct))
-        row["correct_answers"] = float(np.sum(correct[c]))
         row.update(lm.divergences_to(log_pi0[c], log_pi[c], prefix="to_initial/"))
         rows.append(row)
-    out = {}
-    for split, ids in (("train", range(0, C, 2)), ("heldout", range(1, C, 2))):
-        for key in rows[0]:
-            out[f"exact/{split}/{key}"] = float(np.mean([rows[c][key] for c in ids]))
-    return out
+    return rows

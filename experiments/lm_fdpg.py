@@ -27,7 +27,7 @@ from experiments import lm
 from fdiv.data import language as lang
 from fdiv.losses import policy as policy_losses
 from fdiv.models import sampling
-from fdiv.train import Task, Update, train
+from fdiv.train import Task, Update
 
 format_summary = lm.format_summary
 
@@ -68,10 +68,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     data = lm.language(config).sample(rng, config.base.num_samples, L)
     base = lm.train_base(config, workdir, module, np.zeros(len(data), np.int32), data)
     seqs = sampling.all_sequences(V, L)
-    log_base = np.asarray(
-        sampling.enumerate_log_probs(lm.logits_fn(module, base), [0], vocab_size=V, length=L)[0],
-        np.float64,
-    )
+    log_base = lm.exact_log_probs(config, module, base)[0]
     log_unnorm = target_log_unnormalized(config, seqs, log_base)
     table = jnp.asarray(log_unnorm, jnp.float32)
     satisfied = jnp.asarray(
@@ -149,19 +146,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         updates=[Update("fdpg", fdpg, ("policy",))],
         optimizers={"policy": lm.optimizer(config.optimizer.learning_rate)},
     )
-    result = train(
-        task,
-        lm.train_config(config),
-        workdir,
-        config_json=config.to_json_best_effort(sort_keys=True),
-    )
-    params = result.state.params["policy"]
-    log_pi = np.asarray(
-        sampling.enumerate_log_probs(lm.logits_fn(module, params), [0], vocab_size=V, length=L)[0],
-        np.float64,
-    )
+    summary, params, state = lm.train_policy(task, config, workdir)
+    log_pi = lm.exact_log_probs(config, module, params)[0]
     log_z = np.logaddexp.reduce(log_unnorm)
-    stats = result.state.model_state["stats"]
+    stats = state.model_state["stats"]
     out = {f"exact/{k}": v for k, v in lm.divergences_to(log_unnorm - log_z, log_pi).items()}
     out["exact/constraint_rate"] = float(np.sum(np.exp(log_pi) * np.asarray(satisfied)))
     out["exact/base_constraint_rate"] = float(np.sum(np.exp(log_base) * np.asarray(satisfied)))
@@ -173,4 +161,4 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             policy_losses.PartitionEstimate(stats["log_sum"], stats["count"])
         )
     )
-    return {**result.summary, **out}
+    return {**summary, **out}

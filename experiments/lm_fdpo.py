@@ -22,7 +22,7 @@ from fdiv import metrics
 from fdiv.data import language as lang
 from fdiv.losses import preference
 from fdiv.models import sampling
-from fdiv.train import Task, Update, train
+from fdiv.train import Task, Update
 
 DIVERGENCES = ("reverse_kl", "forward_kl", "js", "alpha")
 format_summary = lm.format_summary
@@ -59,10 +59,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     base = lm.train_base(config, workdir, module, np.zeros(len(data), np.int32), data)
 
     seqs = sampling.all_sequences(V, L)
-    log_ref = np.asarray(
-        sampling.enumerate_log_probs(lm.logits_fn(module, base), [0], vocab_size=V, length=L)[0],
-        np.float64,
-    )
+    log_ref = lm.exact_log_probs(config, module, base)[0]
     reward = lang.unigram_reward(seqs, config.reward_weights)
     ref_probs = np.exp(log_ref) / np.exp(log_ref).sum()
     chosen, rejected, *_ = _pairs(rng, ref_probs, seqs, reward, config.num_pairs)
@@ -96,19 +93,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             ref_rejected=log_ref[rejected].astype(np.float32),
         ),  # fmt: skip
     )
-    result = train(
-        task,
-        lm.train_config(config),
-        workdir,
-        config_json=config.to_json_best_effort(sort_keys=True),
-    )
-    params = result.state.params["policy"]
-    log_pi = np.asarray(
-        sampling.enumerate_log_probs(lm.logits_fn(module, params), [0], vocab_size=V, length=L)[0],
-        np.float64,
-    )
+    summary, params, _ = lm.train_policy(task, config, workdir)
+    log_pi = lm.exact_log_probs(config, module, params)[0]
     return {
-        **result.summary,
+        **summary,
         **evaluate(config, log_pi, log_ref, reward, eval_a, eval_b, eval_label),
     }
 

@@ -31,7 +31,7 @@ import numpy as np
 from experiments import lm
 from fdiv.losses import sequence as seq_losses
 from fdiv.models import sampling
-from fdiv.train import Task, Update, train
+from fdiv.train import Task, Update
 
 DIVERGENCES = ("kl", "chi2")
 format_summary = lm.format_summary
@@ -105,14 +105,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         optimizers={"policy": lm.optimizer(config.optimizer.learning_rate)},
         train_data=lm.ArrayDict(tokens=data),
     )
-    result = train(
-        task,
-        lm.train_config(config),
-        workdir,
-        config_json=config.to_json_best_effort(sort_keys=True),
-    )
-    final = result.state.params["policy"]
-    return {**result.summary, **evaluate(config, module, final, language, rng)}
+    summary, final, _ = lm.train_policy(task, config, workdir)
+    return {**summary, **evaluate(config, module, final, language, rng)}
 
 
 def evaluate(config, module, params, language, rng) -> dict[str, float]:

@@ -47,6 +47,10 @@ FAMILIES = {
         "configs.fdpg_toy",
         [
             ("forward KL (DPG)", {"divergence": "forward_kl"}),
+            (
+                "forward KL, stale proposal (10 steps)",
+                {"divergence": "forward_kl", "proposal_every": 10},
+            ),
             ("JS", {"divergence": "js"}),
             ("TV", {"divergence": "tv"}),
             ("reverse KL, floor 1e-4", {"divergence": "reverse_kl", "constraint.floor": 1e-4}),
@@ -109,6 +113,11 @@ def cell(values) -> str:
     return f"{values.mean():.3f} ± {std:.3f}"
 
 
+def _initial(key: str) -> str:
+    split, rest = key.split("/", 1)
+    return f"{split}/initial/{rest}"
+
+
 def slug(label: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in label.lower()).strip("_")
 
@@ -169,6 +178,13 @@ def main() -> None:
                 run_one(family, module, label, overrides, seed, args.workdir, args.steps)
                 for seed in seeds
             ]
+            if (
+                family == "dphrl" and label == "GRPO alone"
+            ):  # the initial policy, from the same runs
+                cells = [
+                    cell([s[f"exact/{_initial(key)}"] for s in summaries]) for key, _ in columns
+                ]
+                lines.append("| initial policy π₀ | " + " | ".join(cells) + " | |")
             cells = [cell([s[f"exact/{key}"] for s in summaries]) for key, _ in columns]
             wall = np.mean([s["wall_seconds"] for s in summaries])
             lines.append(f"| {label} | " + " | ".join(cells) + f" | {wall:.0f} |")

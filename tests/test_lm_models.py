@@ -71,7 +71,7 @@ def test_enumeration_matches_teacher_forcing_by_hand(policy):
 
 def test_sampler_frequencies_and_log_probs_match_enumeration(policy):
     tokens_only = lambda c, t: policy(c, t)[..., :V]  # noqa: E731
-    n = 40_000
+    n = 20_000
     roll = jax.jit(lambda k: sampling.sample(tokens_only, k, jnp.ones(n, jnp.int32), length=L))(
         jax.random.key(1)
     )
@@ -95,7 +95,7 @@ def test_final_distribution_without_backspace_is_the_enumeration(policy):
 
 
 def test_backspace_sampler_matches_the_dynamic_program(policy):
-    n, steps = 40_000, 7
+    n, steps = 20_000, 7
     roll = jax.jit(
         lambda k: sampling.sample(
             policy, k, jnp.zeros(n, jnp.int32), length=L, backspace=V, max_actions=steps
@@ -213,7 +213,7 @@ def test_fdpg_estimator_on_the_transformer_matches_the_exact_gradient(divergence
         log_pi = sampling.enumerate_log_probs(lambda c, t: module.apply(p, c, t), ctx1, vocab_size=v, length=length)[0]
         return fdiv.divergence(g, log_pi, log_p)  # D_f(pi || p)
 
-    n = 20_000
+    n = 10_000
     ctx = jnp.zeros((n,), jnp.int32)
 
     @jax.jit
