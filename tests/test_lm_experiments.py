@@ -95,7 +95,13 @@ def test_exact_divergences_against_numpy():
     p /= p.sum()
     with np.errstate(divide="ignore"):
         out = lm.divergences_to(np.log(p), np.log(q))
-    kl = lambda a, b: np.sum(np.where(a > 0, a * np.log(np.where(a > 0, a, 1) / b), 0.0))  # noqa: E731
+
+    def kl(a, b):  # +inf where b = 0 < a
+        with np.errstate(divide="ignore"):
+            return np.sum(
+                np.where(a > 0, a * np.log(np.where(a > 0, a, 1) / np.where(a > 0, b, 1)), 0.0)
+            )
+
     m = (p + q) / 2
     assert out["forward_kl"] == pytest.approx(kl(p, q), rel=1e-4)
     assert out["reverse_kl"] == pytest.approx(kl(q, p), rel=1e-4)
@@ -116,3 +122,16 @@ def test_fdpg_target_is_the_constrained_base():
     config.constraint.floor = 0.01
     out = lm_fdpg.target_log_unnormalized(config, seqs, log_base)
     np.testing.assert_allclose(out, np.log([0.2, 0.3 * 0.01, 0.5]))
+
+
+def test_results_table_rows_are_valid_configs_and_cells_format():
+    from experiments import lm_table
+
+    for family, (module, rows, _) in lm_table.FAMILIES.items():
+        experiment = importlib.import_module(f"experiments.lm_{family}")
+        for label, overrides in rows:
+            experiment.validate(tiny(family, **overrides))
+            assert lm_table.slug(label).isascii()
+            assert f"--config={module.replace('.', '/')}.py" in lm_table.command(module, overrides)
+    assert lm_table.cell([1.0, 2.0, 3.0]) == "2.000 ± 1.000"
+    assert lm_table.cell([1.0, float("inf")]) == "∞"

@@ -200,7 +200,9 @@ def test_fdpg_estimator_on_the_transformer_matches_the_exact_gradient(divergence
 
     v, length = 3, 3
     module = CausalTransformer(num_actions=v, vocab_size=v, max_len=length, dim=8, num_heads=2)
-    params = module.init(jax.random.key(4), jnp.zeros((1,), jnp.int32), jnp.zeros((1, length), jnp.int32))
+    params = module.init(
+        jax.random.key(4), jnp.zeros((1,), jnp.int32), jnp.zeros((1, length), jnp.int32)
+    )
     params = jax.tree.map(lambda x: x * 10 if x.ndim == 2 else x, params)
     seqs = sampling.all_sequences(v, length)
     ok = lang.count_constraint(seqs, token=0, minimum=1)
@@ -210,7 +212,9 @@ def test_fdpg_estimator_on_the_transformer_matches_the_exact_gradient(divergence
     ctx1 = jnp.zeros((1,), jnp.int32)
 
     def exact(p):
-        log_pi = sampling.enumerate_log_probs(lambda c, t: module.apply(p, c, t), ctx1, vocab_size=v, length=length)[0]
+        log_pi = sampling.enumerate_log_probs(
+            lambda c, t: module.apply(p, c, t), ctx1, vocab_size=v, length=length
+        )[0]
         return fdiv.divergence(g, log_pi, log_p)  # D_f(pi || p)
 
     n = 10_000
@@ -218,7 +222,9 @@ def test_fdpg_estimator_on_the_transformer_matches_the_exact_gradient(divergence
 
     @jax.jit
     def estimate(key):
-        tokens = sampling.sample(lambda c, t: module.apply(params, c, t), key, ctx, length=length).tokens
+        tokens = sampling.sample(
+            lambda c, t: module.apply(params, c, t), key, ctx, length=length
+        ).tokens
         target = log_p[sampling.sequence_index(tokens, v)]
 
         def surrogate(p):
