@@ -10,6 +10,7 @@ own checkpoints like every trainer run.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -127,6 +128,14 @@ def train_policy(task: Task, config: ml_collections.ConfigDict, workdir: str):
         task, train_config(config), workdir, config_json=config.to_json_best_effort(sort_keys=True)
     )
     return result.summary, result.state.params["policy"], result.state
+
+
+def finish(workdir: str, summary: dict[str, Any]) -> dict[str, Any]:
+    """Add the experiment's exact metrics to the trainer's ``summary.json`` (process 0)."""
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
+            json.dump(summary, f, indent=2, sort_keys=True)
+    return summary
 
 
 def optimizer(learning_rate: float, clip_norm: float = 1.0) -> optax.GradientTransformation:

@@ -113,7 +113,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         ),
     )
     summary, final, _ = lm.train_policy(task, config, workdir)
-    return {**summary, **evaluate(config, module, initial, final, targets)}
+    return lm.finish(workdir, {**summary, **evaluate(config, module, initial, final, targets)})
 
 
 def evaluate(config, module, initial, final, targets) -> dict[str, float]:

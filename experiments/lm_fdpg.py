@@ -161,4 +161,4 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             policy_losses.PartitionEstimate(stats["log_sum"], stats["count"])
         )
     )
-    return {**summary, **out}
+    return lm.finish(workdir, {**summary, **out})

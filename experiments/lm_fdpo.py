@@ -95,10 +95,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     )
     summary, params, _ = lm.train_policy(task, config, workdir)
     log_pi = lm.exact_log_probs(config, module, params)[0]
-    return {
-        **summary,
-        **evaluate(config, log_pi, log_ref, reward, eval_a, eval_b, eval_label),
-    }
+    return lm.finish(
+        workdir,
+        {
+            **summary,
+            **evaluate(config, log_pi, log_ref, reward, eval_a, eval_b, eval_label),
+        },
+    )
 
 
 def evaluate(config, log_pi, log_ref, reward, eval_a, eval_b, eval_label) -> dict[str, float]:

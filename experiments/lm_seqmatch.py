@@ -106,7 +106,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         train_data=lm.ArrayDict(tokens=data),
     )
     summary, final, _ = lm.train_policy(task, config, workdir)
-    return {**summary, **evaluate(config, module, final, language, rng)}
+    return lm.finish(workdir, {**summary, **evaluate(config, module, final, language, rng)})
 
 
 def evaluate(config, module, params, language, rng) -> dict[str, float]:

@@ -106,6 +106,24 @@ FAMILIES = {
 }
 
 
+ABOUT = {
+    "fdpo": "Hidden reward r(y) = Σ_t w[y_t] over 4^5 sequences; 2,048 Bradley–Terry pairs sampled "
+    "from the base policy π_ref; p* ∝ π_ref e^{r/β} (β = 0.5) is the reverse-KL optimum, the same "
+    "target for every row. Preference accuracy / ECE of P(y > y') on 4,096 held-out pairs.",
+    "fdpg": "Target p ∝ a(y)·1[token 0 appears ≥ 2 times], a = the base policy (constraint rate "
+    "0.15-0.18 under a, by seed); divergences are D_f(π‖p) in the alignment naming. The reverse-KL row's target "
+    "gives violators 1e-4 of their base mass (KL(π‖p) is infinite for the hard constraint).",
+    "dphrl": "Prompt c asks for 4 tokens summing to 3 + c; prompts 0, 2, 4, 6 are trained, 1, 3, 5, 7 "
+    "held out; η = 1, 16 samples per prompt and step, 256 stored π₀ samples per training prompt. "
+    "pass@32 is the unbiased estimator over 128 samples per prompt; H(correct) is the entropy of "
+    "the policy restricted to the correct answers.",
+    "seqmatch": "Markov language over 4 tokens with one forbidden successor per token, 512 training "
+    "sequences of length 5; 10 actions at most (invalid = a forbidden bigram or unfinished). "
+    "Recovery: from 64 held-out prefixes followed by a forced forbidden token, the probability of "
+    "ending with a valid sequence.",
+}
+
+
 def cell(values) -> str:
     values = np.asarray(values, float)
     if np.isinf(values).any():
@@ -185,6 +203,8 @@ def main() -> None:
         module, rows, columns = FAMILIES[family]
         lines = [
             f"## {family}",
+            "",
+            ABOUT[family],
             "",
             "| method | " + " | ".join(title for _, title in columns) + " | train s |",
             "|---|" + "---|" * (len(columns) + 1),

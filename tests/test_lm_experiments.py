@@ -50,7 +50,8 @@ def test_experiment_runs_and_reports_exact_metrics(tmp_path, family, overrides):
     assert exact and all(not math.isnan(v) for v in exact.values())
     assert summary["step"] == 6
     with open(os.path.join(tmp_path, "summary.json")) as f:
-        assert json.load(f)["step"] == 6
+        saved = json.load(f)
+    assert saved["step"] == 6 and set(exact) <= set(saved)  # the exact metrics are kept
     assert "exact/" in experiment.format_summary(summary)
     # re-opening a finished run re-evaluates without training: same exact metrics
     again = experiment.run(config, str(tmp_path))
