@@ -38,7 +38,10 @@ def tiny(family, **overrides):
         ("fdpo", {"divergence": "js"}),
         ("fdpg", {"divergence": "forward_kl", "train.batch_size": 32, "proposal_every": 2}),
         ("dphrl", {"divergence": "js", "eval_samples": 32, "pass_k": (1, 8), "num_stored": 16}),
-        ("seqmatch", {"divergence": "chi2", "num_forced": 4, "train.batch_size": 16}),
+        (
+            "seqmatch",
+            {"divergence": "chi2", "num_forced": 4, "train.batch_size": 16, "max_actions": 6},
+        ),
     ],
 )
 def test_experiment_runs_and_reports_exact_metrics(tmp_path, family, overrides):

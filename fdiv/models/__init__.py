@@ -26,6 +26,13 @@ denoised ``x`` rather than logits (:func:`denoiser_names`, :func:`get_denoiser`)
 
 ``"score_mlp"`` (:class:`ScoreMLP`) and ``"score_cnn"`` (:class:`ScoreCNN`), EDM-preconditioned.
 
+Sequence models: :class:`CausalTransformer` maps ``(context [B], tokens [B, T])`` to next-action
+logits ``[B, T + 1, A]``; :mod:`fdiv.models.sampling` samples from any such model (with or
+without a backspace action) and enumerates its exact sequence distribution::
+
+    module = models.CausalTransformer(num_actions=4, vocab_size=4, max_len=5)
+    logits = module.apply(variables, context, tokens)
+
 Requires flax (the ``experiments`` extra); ``fdiv`` itself does not import this subpackage.
 """
 
@@ -39,11 +46,13 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from fdiv.models import sampling
 from fdiv.models._common import ACTIVATIONS, BN_EPSILON, BN_MOMENTUM
 from fdiv.models.cnn import CNN
 from fdiv.models.mlp import MLP
 from fdiv.models.resnet import BasicBlock, CIFARResNet
 from fdiv.models.score import ScoreCNN, ScoreMLP, score_from_denoiser
+from fdiv.models.transformer import CausalTransformer
 
 __all__ = [
     "ACTIVATIONS",
@@ -53,6 +62,7 @@ __all__ = [
     "MLP",
     "BasicBlock",
     "CIFARResNet",
+    "CausalTransformer",
     "ScoreCNN",
     "ScoreMLP",
     "denoiser_names",
@@ -61,6 +71,7 @@ __all__ = [
     "has_batch_norm",
     "names",
     "param_count",
+    "sampling",
     "score_from_denoiser",
 ]
 
