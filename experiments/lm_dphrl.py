@@ -39,7 +39,10 @@ format_summary = lm.format_summary
 def validate(config: ml_collections.ConfigDict) -> None:
     lm.validate_common(config)
     if config.divergence != "none":
-        policy_losses.alignment_generator(config.divergence)  # raises, listing the names
+        try:
+            policy_losses.alignment_generator(config.divergence)
+        except ValueError as e:
+            raise ValueError(f"{e}; or 'none' (GRPO without a penalty)") from None
     if config.num_prompts < 2:
         raise ValueError(
             f"num_prompts must be >= 2 (even: train, odd: held out), got {config.num_prompts}"

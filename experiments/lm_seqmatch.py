@@ -78,7 +78,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         else:
             demo = seq_losses.mle_transitions(batch["tokens"])
         demo_logits = q_logits(policy, demo)
-        nll = jnp.sum(seq_losses.transition_nll(demo_logits, demo)) / jnp.sum(demo.weight)
+        nll = jnp.sum(seq_losses.transition_nll(demo_logits, demo, backspace=backspace))
+        nll = nll / jnp.sum(demo.weight)
         if config.divergence == "kl":
             return nll, ({}, {"nll": nll})
         frozen = lm.logits_fn(module, jax.lax.stop_gradient(policy))

@@ -73,6 +73,7 @@ def test_experiment_runs_and_reports_exact_metrics(tmp_path, family, overrides):
         ("fdpg", {"divergence": "nope"}, "forward_kl"),
         ("fdpg", {"divergence": "reverse_kl"}, "constraint.floor > 0"),
         ("dphrl", {"pass_k": (1, 500)}, "pass_k"),
+        ("dphrl", {"divergence": "foo"}, "or 'none'"),
         ("dphrl", {"group_size": 1}, "group_size"),
         ("seqmatch", {"backspace_rate": 2.0}, "backspace_rate"),
         ("seqmatch", {"language.forbidden_per_token": 0}, "recovery needs invalid tokens"),
