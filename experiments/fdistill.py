@@ -26,6 +26,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from experiments._checks import allowed as _allowed
 from fdiv import data as fdata
 from fdiv import diffusion, generators, metrics, models
 from fdiv.losses import diffusion as dl
@@ -38,11 +39,6 @@ METHODS = ("fdistill", "sim")
 DATASETS = ("mog", "digits", "cifar10")
 DISTANCES = ("l2", "pseudo_huber")
 EVAL_SEED = 10_000  # the fixed evaluation noise and reference samples
-
-
-def _allowed(field: str, value: Any, allowed) -> None:
-    if value not in allowed:
-        raise ValueError(f"{field}={value!r} is not one of {sorted(allowed)}")
 
 
 def validate(config: ml_collections.ConfigDict) -> None:

@@ -25,6 +25,8 @@ import ml_collections
 import numpy as np
 import optax
 
+from experiments._checks import allowed as _allowed
+from experiments._checks import positive as _positive
 from fdiv import data as fdata
 from fdiv import generators, metrics, models
 from fdiv.losses import kd as kd_losses
@@ -39,16 +41,6 @@ SCHEDULES = ("constant", "cosine")
 
 # ---------------------------------------------------------------------------------------------
 # Validation: every error is raised before any data is loaded or any step is computed.
-
-
-def _allowed(field: str, value: Any, allowed) -> None:
-    if value not in allowed:
-        raise ValueError(f"{field}={value!r} is not one of {sorted(allowed)}")
-
-
-def _positive(field: str, value: float) -> None:
-    if not value > 0:
-        raise ValueError(f"{field} must be > 0, got {value}")
 
 
 def validate(config: ml_collections.ConfigDict) -> None:

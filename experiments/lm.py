@@ -22,7 +22,9 @@ import numpy as np
 import optax
 
 import fdiv
+from experiments import _checks
 from fdiv.data import language as lang
+from fdiv.losses import kd as kd_losses
 from fdiv.models import sampling
 from fdiv.models.transformer import CausalTransformer
 from fdiv.train import Task, TrainConfig, Update, parallel, train
@@ -44,16 +46,6 @@ class ArrayDict:
         return {k: v[indices] for k, v in self.arrays.items()}
 
 
-def positive(field: str, value: float) -> None:
-    if not value > 0:
-        raise ValueError(f"{field} must be > 0, got {value}")
-
-
-def allowed(field: str, value: Any, choices) -> None:
-    if value not in choices:
-        raise ValueError(f"{field}={value!r} is not one of {sorted(choices)}")
-
-
 def validate_common(config: ml_collections.ConfigDict) -> None:
     """The fields every LM config shares: task size, model, optimiser, trainer."""
     for field in ("vocab_size", "length"):
@@ -70,8 +62,8 @@ def validate_common(config: ml_collections.ConfigDict) -> None:
         forbidden_per_token=config.language.forbidden_per_token,
     )  # raises on a bad forbidden_per_token
     model(config, num_actions=config.vocab_size, num_contexts=1)  # raises on bad sizes
-    positive("optimizer.learning_rate", config.optimizer.learning_rate)
-    positive("base.learning_rate", config.base.learning_rate)
+    _checks.positive("optimizer.learning_rate", config.optimizer.learning_rate)
+    _checks.positive("base.learning_rate", config.base.learning_rate)
     if config.base.steps < 1 or config.base.num_samples < 1:
         raise ValueError("base.steps and base.num_samples must be >= 1")
     train_config(config).validate()
@@ -172,7 +164,7 @@ def train_base(
 
 def divergences_to(log_target, log_model, prefix: str = "") -> dict[str, float]:
     """Exact forward KL ``KL(p||pi)``, reverse KL ``KL(pi||p)``, JS, TV between two log-prob
-    vectors over the same enumerated support (``-inf`` for zero mass), and ``H(pi)``."""
+    vectors over the same enumerated support (``-inf`` for zero mass)."""
     log_target, log_model = jnp.asarray(log_target), jnp.asarray(log_model)
     return {
         f"{prefix}forward_kl": float(fdiv.divergence("kl", log_target, log_model)),
@@ -182,10 +174,14 @@ def divergences_to(log_target, log_model, prefix: str = "") -> dict[str, float]:
     }
 
 
+def kl(log_p, log_q) -> float:
+    """Exact ``KL(P || Q)`` between two log-prob vectors over the same enumerated support."""
+    return float(fdiv.divergence("kl", jnp.asarray(log_p), jnp.asarray(log_q)))
+
+
 def entropy(log_p) -> float:
-    log_p = np.asarray(log_p, np.float64)
-    p = np.exp(log_p)
-    return float(-np.sum(np.where(p > 0, p * np.where(p > 0, log_p, 0.0), 0.0)))
+    """``H(P)`` of a log-prob vector (``-inf`` entries contribute 0)."""
+    return float(kd_losses.entropy(jnp.asarray(log_p)))
 
 
 def format_summary(summary: Mapping[str, Any]) -> str:

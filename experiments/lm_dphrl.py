@@ -125,8 +125,11 @@ def evaluate(config, module, initial, final, targets) -> dict[str, float]:
     C = config.num_prompts
     log_pi0 = lm.exact_log_probs(config, module, initial, range(C))
     out = {}
-    for name, params, seed in (("", final, 10_000), ("initial/", initial, 20_000)):
-        log_pi = lm.exact_log_probs(config, module, params, range(C))
+    log_pi_final = lm.exact_log_probs(config, module, final, range(C))
+    for name, params, log_pi, seed in (
+        ("", final, log_pi_final, 10_000),
+        ("initial/", initial, log_pi0, 20_000),
+    ):
         rows = _prompt_metrics(config, module, params, log_pi, log_pi0, targets, seed)
         for split, ids in (("train", range(0, C, 2)), ("heldout", range(1, C, 2))):
             for key in rows[0]:

@@ -93,7 +93,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             proposal = current
         tokens = sampling.sample(lm.logits_fn(module, proposal), key, context, length=L).tokens
         log_pi = lm.sequence_log_prob(module, policy, context, tokens, num_tokens=V)
-        log_q = lm.sequence_log_prob(module, proposal, context, tokens, num_tokens=V)
+        if config.proposal_every:
+            log_q = lm.sequence_log_prob(module, proposal, context, tokens, num_tokens=V)
+        else:  # the proposal is the policy: no second forward pass
+            log_q = jax.lax.stop_gradient(log_pi)
         index = sampling.sequence_index(tokens, V)
         log_p_unnorm = table[index]
         estimate = policy_losses.partition_update(
@@ -154,7 +157,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     out["exact/constraint_rate"] = float(np.sum(np.exp(log_pi) * np.asarray(satisfied)))
     out["exact/base_constraint_rate"] = float(np.sum(np.exp(log_base) * np.asarray(satisfied)))
     out["exact/entropy"] = lm.entropy(log_pi)
-    out["exact/kl_to_base"] = lm.divergences_to(log_base, log_pi)["reverse_kl"]
+    out["exact/kl_to_base"] = lm.kl(log_pi, log_base)
     out["exact/log_z"] = float(log_z)
     out["exact/log_z_estimate"] = float(
         policy_losses.partition_log_z(

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from experiments import lm
+from experiments import _checks, lm
 from fdiv import metrics
 from fdiv.data import language as lang
 from fdiv.losses import preference
@@ -30,8 +30,8 @@ format_summary = lm.format_summary
 
 def validate(config: ml_collections.ConfigDict) -> None:
     lm.validate_common(config)
-    lm.allowed("divergence", config.divergence, DIVERGENCES)
-    lm.positive("beta", config.beta)
+    _checks.allowed("divergence", config.divergence, DIVERGENCES)
+    _checks.positive("beta", config.beta)
     if not 0 < config.alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {config.alpha}")
     if len(config.reward_weights) != config.vocab_size:
@@ -112,7 +112,7 @@ def evaluate(config, log_pi, log_ref, reward, eval_a, eval_b, eval_label) -> dic
     out["exact/reward"] = float(np.sum(np.exp(log_pi) * reward))
     out["exact/target_reward"] = float(np.sum(np.exp(log_target) * reward))
     out["exact/entropy"] = lm.entropy(log_pi)
-    out["exact/kl_to_reference"] = lm.divergences_to(log_ref, log_pi)["reverse_kl"]
+    out["exact/kl_to_reference"] = lm.kl(log_pi, log_ref)
     z = preference.fdpo_logits(
         jnp.asarray(log_pi[eval_a]), jnp.asarray(log_pi[eval_b]),
         jnp.asarray(log_ref[eval_a]), jnp.asarray(log_ref[eval_b]),

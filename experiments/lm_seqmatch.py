@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from experiments import lm
+from experiments import _checks, lm
 from fdiv.losses import sequence as seq_losses
 from fdiv.models import sampling
 from fdiv.train import Task, Update
@@ -39,14 +39,14 @@ format_summary = lm.format_summary
 
 def validate(config: ml_collections.ConfigDict) -> None:
     lm.validate_common(config)
-    lm.allowed("divergence", config.divergence, DIVERGENCES)
+    _checks.allowed("divergence", config.divergence, DIVERGENCES)
     if not 0 <= config.backspace_rate <= 1:
         raise ValueError(f"backspace_rate must be in [0, 1], got {config.backspace_rate}")
     if config.language.forbidden_per_token < 1:
         raise ValueError("language.forbidden_per_token must be >= 1: recovery needs invalid tokens")
     if config.max_actions < config.length:
         raise ValueError(f"max_actions must be >= length={config.length}, got {config.max_actions}")
-    lm.positive("chi2_alpha", config.chi2_alpha)
+    _checks.positive("chi2_alpha", config.chi2_alpha)
     if config.mle_weight < 0:
         raise ValueError(f"mle_weight must be >= 0, got {config.mle_weight}")
 
@@ -114,8 +114,9 @@ def evaluate(config, module, params, language, rng) -> dict[str, float]:
     """Exact outcome distribution, invalid rate, divergences to the data language, recovery."""
     V, L = config.vocab_size, config.length
     fn = lm.logits_fn(module, params)
+    probs = sampling.prefix_action_probs(fn, 0, vocab_size=V, length=L, backspace=V)
     kwargs = dict(vocab_size=V, length=L, backspace=V, max_actions=config.max_actions)
-    final = sampling.final_distribution(fn, 0, **kwargs)
+    final = sampling.final_distribution(fn, 0, action_probs=probs, **kwargs)
     seqs = sampling.all_sequences(V, L)
     log_data = language.log_prob(seqs)
     valid = np.isfinite(log_data)
@@ -139,7 +140,7 @@ def evaluate(config, module, params, language, rng) -> dict[str, float]:
         if start.shape[0] >= L:  # the error completes the sequence: nothing left to recover with
             recovered.append(0.0)
             continue
-        outcome = sampling.final_distribution(fn, 0, start=start, **kwargs)
+        outcome = sampling.final_distribution(fn, 0, start=start, action_probs=probs, **kwargs)
         recovered.append(float(np.sum(np.exp(outcome.log_probs)[valid])))
     out["exact/recovery"] = float(np.mean(recovered))
     return out

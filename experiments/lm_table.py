@@ -143,12 +143,7 @@ def slug(label: str) -> str:
 
 def run_one(family, module, label, overrides, seed, workdir, steps):
     config = importlib.import_module(module).get_config()
-    for key, value in overrides.items():
-        node = config
-        *path, last = key.split(".")
-        for part in path:
-            node = node[part]
-        node[last] = value
+    config.update_from_flattened_dict(overrides)
     config.train.seed = seed
     if steps:
         config.train.total_steps = steps

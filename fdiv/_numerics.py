@@ -25,6 +25,13 @@ def compute_dtype(*arrays) -> jnp.dtype:
     return jnp.dtype(dtype)
 
 
+def in_compute_dtype(*arrays) -> list[jax.Array]:
+    """The arrays cast to one :func:`compute_dtype` (float32 at least; float64 stays float64)."""
+    arrays = [jnp.asarray(a) for a in arrays]
+    dtype = compute_dtype(*arrays)
+    return [a.astype(dtype) for a in arrays]
+
+
 def output_dtype(*arrays) -> jnp.dtype:
     """The dtype results are returned in: the inputs' floating dtype (float32 for integers)."""
     dtype = jnp.result_type(*arrays)

@@ -23,12 +23,7 @@ def tiny(family, **overrides):
     config.train.checkpoint_every = 3
     config.model.dim = 16
     config.model.num_layers = 1
-    for key, value in overrides.items():
-        node = config
-        *path, last = key.split(".")
-        for part in path:
-            node = node[part]
-        node[last] = value
+    config.update_from_flattened_dict(overrides)
     return config
 
 

@@ -127,13 +127,6 @@ def alignment_generator(divergence: str | gen.Generator, **params) -> gen.Genera
     return gen.get(divergence, **params)
 
 
-def _float(*arrays: ArrayLike) -> list[jax.Array]:
-    """The arrays in one floating dtype of at least float32 (bfloat16 -> float32)."""
-    arrays = [jnp.asarray(a) for a in arrays]
-    dtype = jnp.promote_types(jnp.result_type(*arrays), jnp.float32)
-    return [a.astype(dtype) for a in arrays]
-
-
 def _mask(where: ArrayLike | None, shape) -> jax.Array:
     if where is None:
         return jnp.ones(shape, bool)
@@ -190,7 +183,7 @@ def fdpg_pseudo_reward(
       ``[B]``.
     """
     g = alignment_generator(divergence)
-    log_pi, log_target = _float(log_pi, log_target)
+    log_pi, log_target = nx.in_compute_dtype(log_pi, log_target)
     return -_f_prime_extended(g, log_pi - log_target)
 
 
@@ -233,7 +226,7 @@ def fdpg_loss(
     """
     g = alignment_generator(divergence)
     arrays = [log_pi, log_target, baseline] + ([] if log_proposal is None else [log_proposal])
-    arrays = _float(*arrays)
+    arrays = nx.in_compute_dtype(*arrays)
     log_pi, log_target, baseline = arrays[:3]
     keep = _mask(where, log_pi.shape)
     log_pi = jnp.where(keep, log_pi, 0.0)
@@ -298,7 +291,7 @@ def partition_update(
     Returns:
       The updated estimate.
     """
-    log_sum, count, log_p, log_q = _float(
+    log_sum, count, log_p, log_q = nx.in_compute_dtype(
         estimate.log_sum, estimate.count, log_unnormalized, log_proposal
     )
     keep = _mask(where, log_p.shape)
@@ -317,7 +310,7 @@ def partition_log_z(estimate: PartitionEstimate) -> jax.Array:
     ``Z_hat`` is unbiased for ``Z`` (its log is not, by Jensen's inequality); ``-inf`` before any
     sample, or while every sample seen had ``P(y) = 0``.
     """
-    log_sum, count = _float(estimate.log_sum, estimate.count)
+    log_sum, count = nx.in_compute_dtype(estimate.log_sum, estimate.count)
     seen = count > 0
     return jnp.where(seen, log_sum - jnp.log(jnp.where(seen, count, 1.0)), -jnp.inf)
 
@@ -335,7 +328,7 @@ def moving_average(average: ArrayLike, value: ArrayLike, *, decay: float) -> jax
     """
     if not 0.0 <= decay < 1.0:
         raise ValueError(f"decay must be in [0, 1), got {decay}")
-    average, value = _float(average, value)
+    average, value = nx.in_compute_dtype(average, value)
     return decay * average + (1.0 - decay) * value
 
 
@@ -375,7 +368,7 @@ def dph_penalty(
       Collapse in Reinforcement Learning with Verifiable Reward.
     """
     g = alignment_generator(divergence)
-    log_pi, log_pi0 = _float(log_pi_tokens, log_pi0_tokens)
+    log_pi, log_pi0 = nx.in_compute_dtype(log_pi_tokens, log_pi0_tokens)
     keep = _mask(where, jnp.broadcast_shapes(log_pi.shape, log_pi0.shape))
     log_u = jnp.where(keep, log_pi - jax.lax.stop_gradient(log_pi0), 0.0)
     value = g.f(log_u)
@@ -404,7 +397,7 @@ def group_advantages(rewards: ArrayLike, *, normalize: bool = True, eps: float =
     """
     if not eps >= 0:
         raise ValueError(f"eps must be >= 0, got {eps}")
-    (rewards,) = _float(rewards)
+    (rewards,) = nx.in_compute_dtype(rewards)
     centred = rewards - jnp.mean(rewards, axis=-1, keepdims=True)
     if not normalize:
         return centred
@@ -449,7 +442,7 @@ def grpo_loss(
     arrays = [log_pi_tokens, advantages]
     if old_log_pi_tokens is not None:
         arrays.append(old_log_pi_tokens)
-    arrays = _float(*arrays)
+    arrays = nx.in_compute_dtype(*arrays)
     log_pi, adv = arrays[:2]
     old = arrays[2] if old_log_pi_tokens is not None else log_pi
     adv = jax.lax.stop_gradient(adv)

@@ -62,6 +62,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
+from fdiv import _numerics as nx
 from fdiv import generators as gen
 
 __all__ = [
@@ -110,13 +111,6 @@ def _check(beta: float | None, max_exponent: float) -> None:
         raise ValueError(f"max_exponent must be > 0, got {max_exponent}")
 
 
-def _float(*arrays: ArrayLike) -> list[jax.Array]:
-    """The arrays in one floating dtype of at least float32 (bfloat16 -> float32)."""
-    arrays = [jnp.asarray(a) for a in arrays]
-    dtype = jnp.promote_types(jnp.result_type(*arrays), jnp.float32)
-    return [a.astype(dtype) for a in arrays]
-
-
 def _psi(log_u: jax.Array, kind: str | gen.Generator, alpha: float, max_exponent: float):
     if kind == "reverse_kl":
         return log_u
@@ -157,7 +151,7 @@ def psi(
     """
     _check(None, max_exponent)
     kind = _resolve(divergence, alpha)
-    (log_u,) = _float(log_u)
+    (log_u,) = nx.in_compute_dtype(log_u)
     return _psi(log_u, kind, alpha, max_exponent)
 
 
@@ -182,7 +176,7 @@ def implied_reward(
     """
     _check(beta, max_exponent)
     kind = _resolve(divergence, alpha)
-    policy_logp, reference_logp = _float(policy_logp, reference_logp)
+    policy_logp, reference_logp = nx.in_compute_dtype(policy_logp, reference_logp)
     return beta * _psi(policy_logp - reference_logp, kind, alpha, max_exponent)
 
 
@@ -210,7 +204,9 @@ def fdpo_logits(
     """
     _check(beta, max_exponent)
     kind = _resolve(divergence, alpha)
-    pw, pl, rw, rl = _float(policy_chosen, policy_rejected, reference_chosen, reference_rejected)
+    pw, pl, rw, rl = nx.in_compute_dtype(
+        policy_chosen, policy_rejected, reference_chosen, reference_rejected
+    )
     chosen = _psi(pw - rw, kind, alpha, max_exponent)
     rejected = _psi(pl - rl, kind, alpha, max_exponent)
     return beta * (chosen - rejected)

@@ -30,6 +30,7 @@ __all__ = [
     "all_sequences",
     "enumerate_log_probs",
     "final_distribution",
+    "prefix_action_probs",
     "sample",
     "sequence_index",
     "token_log_probs",
@@ -197,6 +198,33 @@ class FinalDistribution(NamedTuple):
     incomplete: float
 
 
+def prefix_action_probs(
+    logits_fn: LogitsFn,
+    context: int,
+    *,
+    vocab_size: int,
+    length: int,
+    backspace: int | None = None,
+) -> list[np.ndarray]:
+    """The policy's action probabilities at every prefix shorter than ``length``: entry ``k`` is
+    ``[V^k, V (+ 1)]`` (prefixes in :func:`all_sequences` order; backspace last, masked at the
+    empty prefix), float64. What :func:`final_distribution` propagates; compute it once to
+    propagate from several start states."""
+    if backspace is not None and backspace != vocab_size:
+        raise ValueError(f"backspace must be the action after the tokens, {vocab_size}")
+    keep = vocab_size + (0 if backspace is None else 1)
+    probs = []
+    for k in range(length):
+        prefixes = all_sequences(vocab_size, k)
+        buffer = np.zeros((prefixes.shape[0], length), np.int32)
+        buffer[:, :k] = prefixes
+        size = jnp.full((prefixes.shape[0],), k, jnp.int32)
+        ctx = jnp.full((prefixes.shape[0],), context, jnp.int32)
+        logits = _step_logits(logits_fn, ctx, jnp.asarray(buffer), size, backspace)
+        probs.append(np.asarray(jax.nn.softmax(logits[:, :keep], axis=-1), np.float64))
+    return probs
+
+
 def final_distribution(
     logits_fn: LogitsFn,
     context: int,
@@ -206,33 +234,29 @@ def final_distribution(
     backspace: int | None = None,
     max_actions: int | None = None,
     start: np.ndarray | None = None,
+    action_probs: list[np.ndarray] | None = None,
 ) -> FinalDistribution:
     """The exact distribution of the sequence :func:`sample` ends with, by dynamic programming.
 
-    The policy is evaluated once at every prefix of length ``< L`` (``sum_k V^k`` states); then
-    the mass over states is pushed forward ``max_actions`` times (a token moves ``s -> s + a``,
-    absorbing at length ``L``; a backspace ``s -> s[:-1]``), in float64 on the host.
+    The policy is evaluated once at every prefix of length ``< L`` (``sum_k V^k`` states,
+    :func:`prefix_action_probs`); then the mass over states is pushed forward ``max_actions``
+    times (a token moves ``s -> s + a``, absorbing at length ``L``; a backspace
+    ``s -> s[:-1]``), in float64 on the host.
 
     Args:
       logits_fn, context, vocab_size, length, backspace, max_actions: as in :func:`sample`.
       start: optional start state, a 1-d int array of length ``< L`` (default: the empty prefix).
+      action_probs: :func:`prefix_action_probs` of the same policy, if already computed.
     Returns:
       :class:`FinalDistribution`.
     """
     if max_actions is None:
         max_actions = length if backspace is None else 2 * length
-    probs = []  # probs[k]: [V^k, A'] action probabilities at the prefixes of length k
-    for k in range(length):
-        prefixes = all_sequences(vocab_size, k)
-        buffer = np.zeros((prefixes.shape[0], length), np.int32)
-        buffer[:, :k] = prefixes
-        size = jnp.full((prefixes.shape[0],), k, jnp.int32)
-        ctx = jnp.full((prefixes.shape[0],), context, jnp.int32)
-        logits = _step_logits(logits_fn, ctx, jnp.asarray(buffer), size, backspace)
-        keep = vocab_size + (0 if backspace is None else 1)
-        if backspace is not None and backspace != vocab_size:
-            raise ValueError(f"backspace must be the action after the tokens, {vocab_size}")
-        probs.append(np.asarray(jax.nn.softmax(logits[:, :keep], axis=-1), np.float64))
+    probs = action_probs
+    if probs is None:
+        probs = prefix_action_probs(
+            logits_fn, context, vocab_size=vocab_size, length=length, backspace=backspace
+        )
     mass = [np.zeros(vocab_size**k) for k in range(length)]
     if start is None:
         mass[0][0] = 1.0
