@@ -3,30 +3,36 @@
     python -m benchmarks.diffusion_step                      # f-distill JS, DMD, SIM
     python -m benchmarks.diffusion_step --steps 200 --repeats 5
 
-One step = ``critic_steps`` (4) critic updates (fake score by denoising score matching, plus the
-discriminator for f-distill with f != reverse KL) and one generator update, built exactly as the
-trainer builds it. The critic and generator updates are also timed alone (each as its own jitted
+One step = ``critic_steps`` critic updates (fake denoiser, plus for f-distill the discriminator
+head on the teacher's features) and one generator update (for f-distill with the GAN term through
+the teacher's features), built exactly as the trainer builds it. The critic and generator updates are also timed alone (each as its own jitted
 step on the same state), which gives their share of the full step.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import tempfile
 
 import jax
 
 from benchmarks._harness import time_interleaved
-from configs.fdistill_mog import get_config
 from experiments import fdistill
 from fdiv.data import train_indices
 from fdiv.train import init_state, make_train_step, parallel
 from fdiv.train.loop import local_batch
 
+# (config module, overrides)
 VARIANTS = {
-    "f-distill JS": {"method": "fdistill", "divergence": "js"},
-    "f-distill forward KL": {"method": "fdistill", "divergence": "kl"},
-    "DMD (reverse KL)": {"method": "fdistill", "divergence": "reverse_kl"},
-    "SIM pseudo-Huber": {"method": "sim", "distance": "pseudo_huber"},
+    "f-distill JS": ("configs.fdistill_mog", {"divergence": "js"}),
+    "f-distill forward KL": ("configs.fdistill_mog", {"divergence": "kl"}),
+    "DMD2 (reverse KL)": ("configs.fdistill_mog", {"divergence": "reverse_kl"}),
+    "DMD2 without GAN term": (
+        "configs.fdistill_mog",
+        {"divergence": "reverse_kl", "gan_weight": 0.0},
+    ),  # fmt: skip
+    "SIM pseudo-Huber": ("configs.sim_mog", {"distance": "pseudo_huber"}),
 }
 
 
@@ -65,9 +71,12 @@ def main() -> None:
     print(f"jax {jax.__version__} ({jax.devices()[0].platform}, {jax.device_count()} device(s)); "
           f"{args.steps} steps x {args.repeats} repeats, medians")  # fmt: skip
     rows = ["| variant | full step (steps/s) | critic updates alone (ms) | generator update alone (ms) | critic share | generator share |", "|---|---|---|---|---|---|"]  # fmt: skip
+    stages = tempfile.mkdtemp(prefix="diffusion_step_")  # one throwaway teacher for every variant
     for name in args.variants.split(","):
-        config = get_config()
-        config.update(VARIANTS[name])
+        module, overrides = VARIANTS[name]
+        config = importlib.import_module(module).get_config()
+        config.update(overrides)
+        config.stages_dir, config.teacher.steps = stages, 10  # its quality is not timed
         task, _ = fdistill.build_task(config)
         indices = train_indices(
             0, num_examples=len(task.train_data), batch_size=config.train.batch_size, seed=0

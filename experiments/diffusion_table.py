@@ -1,10 +1,12 @@
-"""f-distill for several f, DMD and SIM on the 2-D mixture over several seeds: a table and a figure.
+"""f-distill for several f, DMD2 and SIM on the 2-D mixture over seeds, the ablations, the digits rows.
 
     python -m experiments.diffusion_table --workdir=runs/diffusion_table --out=results/diffusion.md
 
-Every run is an ordinary trainer run of ``configs/fdistill_mog.py`` / ``configs/sim_mog.py`` (an
-interrupted table resumes; finished runs are re-opened, not retrained). The figure shows seed 0's
-5,000 evaluation samples of every method over the true density's contours.
+Every run is an ordinary trainer run of ``configs/fdistill_mog.py`` / ``configs/sim_mog.py`` /
+``configs/fdistill_digits.py`` (an interrupted table resumes; finished runs are re-opened, not
+retrained). The runs of one seed share that seed's teacher (``<workdir>/seed<s>/stages``). The
+ablation table switches off one piece of the official update at a time for ``ABLATION_F``; the
+figure shows seed 0's 5,000 evaluation samples of every method over the true density's contours.
 """
 
 from __future__ import annotations
@@ -26,14 +28,31 @@ from fdiv.train import plots
 
 # (label, config module, overrides)
 METHODS = [
-    ("reverse KL (DMD)", "configs.fdistill_mog", {"divergence": "reverse_kl"}),
+    ("reverse KL (DMD2)", "configs.fdistill_mog", {"divergence": "reverse_kl"}),
     ("forward KL", "configs.fdistill_mog", {"divergence": "kl"}),
     ("JS", "configs.fdistill_mog", {"divergence": "js"}),
     ("squared Hellinger", "configs.fdistill_mog", {"divergence": "squared_hellinger"}),
     ("Jeffreys", "configs.fdistill_mog", {"divergence": "jeffreys"}),
+    (
+        "alpha (α = 1.5)",
+        "configs.fdistill_mog",
+        {"divergence": "alpha", "divergence_params": {"alpha": 1.5}},
+    ),  # fmt: skip
     ("SIM-L2", "configs.sim_mog", {"distance": "l2"}),
     ("SIM-pseudo-Huber", "configs.sim_mog", {"distance": "pseudo_huber"}),
 ]
+ABLATION_F = "js"  # FastGen's default f
+# (label, overrides): each switches one piece of the official update off.
+ABLATIONS = [
+    ("official (FastGen f-distill)", {}),
+    ("score-space weighting", {"generator_update": {"space": "score"}}),
+    ("no mean|x − x̂| normaliser", {"generator_update": {"normalize": False}}),
+    ("no GAN term", {"gan_weight": 0.0}),
+    ("no teacher initialisation", {"generator": {"init_from_teacher": False}}),
+    ("ratio EMA momentum 0.99", {"stabilizers": {"ratio_momentum": 0.99}}),
+    ("FastGen's unweighted fake-score loss", {"fake_score_weighting": "none"}),
+]
+DIGITS = [("JS", {"divergence": "js"}), ("forward KL", {"divergence": "kl"})]
 COLUMNS = [
     ("modes_covered", "modes covered (of 8)"),
     ("light_modes_covered", "3 lightest covered"),
@@ -46,20 +65,22 @@ COLUMNS = [
 ]
 
 
-def run_dir(workdir, label, seed):
-    slug = label.lower().replace(" ", "_").replace("(", "").replace(")", "").replace("-", "_")
-    return os.path.join(workdir, f"seed{seed}", slug)
+def slug(label: str) -> str:
+    keep = "".join(ch if ch.isalnum() else "_" for ch in label.lower())
+    return "_".join(part for part in keep.split("_") if part)
 
 
-def run_one(label, module, overrides, seed, workdir, steps):
+def run_one(module, overrides, seed, path, stages, steps):
     config = importlib.import_module(module).get_config()
     config.update(overrides)
     config.train.seed = seed
     config.train.progress = False
+    config.stages_dir = stages
     if steps:
         config.train.total_steps = steps
-    path = run_dir(workdir, label, seed)
     summary = fdistill.run(config, path)
+    if config.dataset != "mog":
+        return summary, None, None
     # Light modes: the three smallest mixture weights, covered if they hold >= 20% of their share.
     mix = fdistill._mixture(config)
     samples = np.load(os.path.join(path, "samples.npy"))
@@ -71,73 +92,157 @@ def run_one(label, module, overrides, seed, workdir, steps):
     return summary, samples, mix
 
 
+def table(rows, seeds, results, teacher_row=True) -> list[str]:
+    lines = [
+        "| method | " + " | ".join(name for _, name in COLUMNS) + " |",
+        "|---" * (len(COLUMNS) + 1) + "|",
+    ]
+    if teacher_row:  # the teacher's own Heun samples (the same teacher for every method of a seed)
+        first = rows[0]
+        cells = []
+        for key, _ in COLUMNS:
+            values = [results[(first, s)].get(f"eval/teacher_{key}") for s in seeds]
+            cells.append("—" if None in values else mean_std(values))
+        lines.append("| *teacher (Heun, 35 evaluations)* | " + " | ".join(cells) + " |")
+    for label in rows:
+        cells = [
+            mean_std([results[(label, s)][f"eval/{key}"] for s in seeds]) for key, _ in COLUMNS
+        ]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="runs/diffusion_table")
     parser.add_argument("--out", default="results/diffusion.md")
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--ablation_seeds", default="0")
+    parser.add_argument("--parts", default="methods,ablations,digits")
     parser.add_argument(
         "--steps", type=int, default=0, help="override total_steps (0: the configs')"
     )
     args = parser.parse_args()
     logging.set_verbosity(logging.WARNING)
     seeds = [int(s) for s in args.seeds.split(",")]
+    ablation_seeds = [int(s) for s in args.ablation_seeds.split(",")]
+    parts = args.parts.split(",")
+
+    def stages(seed):
+        return os.path.join(args.workdir, f"seed{seed}", "stages")
 
     start = time.time()
     results, panels, mix = {}, {}, None
-    for label, module, overrides in METHODS:
-        for seed in seeds:
-            summary, samples, mix = run_one(
-                label, module, overrides, seed, args.workdir, args.steps
-            )
-            results[(label, seed)] = summary
-            if seed == seeds[0]:
-                panels[label] = samples
-    minutes = (time.time() - start) / 60
-
-    figure = os.path.splitext(args.out)[0] + "_samples.png"
-    plots.scatter_grid(
-        panels,
-        figure,
-        density_fn=lambda x: np.asarray(fdata.mixture_log_prob(mix, jnp.asarray(x))),
-        extent=fdistill.plot_extent(mix),
-        ncols=4,
-    )
-    lines = [
-        "| method | " + " | ".join(name for _, name in COLUMNS) + " |",
-        "|---" * (len(COLUMNS) + 1) + "|",
-    ]
-    for label, _, _ in METHODS:
-        cells = [
-            mean_std([results[(label, s)][f"eval/{key}"] for s in seeds]) for key, _ in COLUMNS
-        ]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    command = f"python -m experiments.diffusion_table --workdir={args.workdir} --out={args.out} --seeds={args.seeds}"
-    if args.steps:
-        command += f" --steps={args.steps}"
-    weights = ", ".join(f"{w:.3f}" for w in np.asarray(mix.weights))
-    text = "\n".join(
-        [
-            "# One-step diffusion distillation on a 2-D mixture of 8 Gaussians",
+    sections = []
+    if "methods" in parts:
+        for label, module, overrides in METHODS:
+            for seed in seeds:
+                path = os.path.join(args.workdir, f"seed{seed}", slug(label))
+                summary, samples, mix = run_one(
+                    module, overrides, seed, path, stages(seed), args.steps
+                )
+                results[(label, seed)] = summary
+                if seed == seeds[0]:
+                    panels[label] = samples
+        figure = os.path.splitext(args.out)[0] + "_samples.png"
+        plots.scatter_grid(
+            panels,
+            figure,
+            density_fn=lambda x: np.asarray(fdata.mixture_log_prob(mix, jnp.asarray(x))),
+            extent=fdistill.plot_extent(mix),
+            ncols=4,
+        )
+        weights = ", ".join(f"{w:.3f}" for w in np.asarray(mix.weights))
+        sections += [
+            "## Every method, the official update",
             "",
-            f"Produced by `{command}` ({minutes:.1f} min on {machine()}; finished runs in the "
-            "workdir are re-opened, not retrained). Exact teacher: the analytic noised score of the "
-            f"mixture (mode weights {weights}, std 0.25, radius 4). Metrics against 5,000 true "
-            "samples, mean ± sample std over seeds "
+            f"Mixture weights {weights} (std 0.25, radius 4). Teacher: an EDM `ScoreMLP` denoiser "
+            "(3 × 256) fitted to 20,000 samples, one per seed; the generator and the fake score "
+            "start as copies of it. 3,000 generator updates (f-distill: 4 critic updates each; "
+            "SIM: 1). Metrics "
+            "against 5,000 true samples, mean ± sample std over seeds "
             f"{', '.join(map(str, seeds))}: a mode is covered when it holds ≥ 20% of its expected "
             "count within 3 std; high quality = fraction of samples within 3 std of a mode; MMD² "
             "(RBF, bandwidths 0.1–5) and energy distance; k-NN (k = 5) precision / recall.",
             "",
-            "\n".join(lines),
+            *table([m[0] for m in METHODS], seeds, results),
             "",
             f"![samples]({os.path.basename(figure)})",
             "",
-            f"Samples of seed {seeds[0]} over the true density's contours: `{os.path.basename(figure)}`.",
+            f"Samples of seed {seeds[0]} over the true density's contours: "
+            f"`{os.path.basename(figure)}`.",
             "",
+        ]
+    if "ablations" in parts:
+        for label, overrides in ABLATIONS:
+            for seed in ablation_seeds:
+                path = os.path.join(args.workdir, f"seed{seed}", "ablation_" + slug(label))
+                if not overrides:  # the official row is the main table's run of that f
+                    path = os.path.join(args.workdir, f"seed{seed}", ABLATION_F)
+                summary, _, _ = run_one(
+                    "configs.fdistill_mog", {"divergence": ABLATION_F, **overrides}, seed, path,
+                    stages(seed), args.steps,
+                )  # fmt: skip
+                results[(label, seed)] = summary
+        sections += [
+            f"## Ablations ({ABLATION_F.upper()}): each piece of the official update off alone",
+            "",
+            f"Seeds {', '.join(map(str, ablation_seeds))}; everything else as above.",
+            "",
+            *table([a[0] for a in ABLATIONS], ablation_seeds, results, teacher_row=False),
+            "",
+        ]
+    if "digits" in parts:
+        lines = [
+            "| f | Fréchet distance | teacher's Heun samples | training images | classes present "
+            "(≥ 2%) | class histogram (0–9) |",
+            "|---|---|---|---|---|---|",
+        ]
+        seed = seeds[0]
+        for label, overrides in DIGITS:
+            path = os.path.join(args.workdir, "digits", slug(label))
+            summary, _, _ = run_one(
+                "configs.fdistill_digits", overrides, seed, path,
+                os.path.join(args.workdir, "digits", "stages"), 0,
+            )  # fmt: skip
+            histogram = " ".join(f"{summary[f'eval/class_{k}']:.2f}" for k in range(10))
+            lines.append(
+                f"| {label} | {summary['eval/frechet']:.2f} | {summary['eval/teacher_frechet']:.2f}"
+                f" | {summary['eval/data_frechet']:.2f} | {summary['eval/classes_present']:.0f} "
+                f"| {histogram} |"
+            )
+        sections += [
+            "## Digits (8 × 8, `configs/fdistill_digits.py`, seed " + str(seed) + ")",
+            "",
+            "Fréchet distance in the hidden layer of an MLP classifier against the 360 test "
+            "images; the class histogram is that classifier's prediction on 1,000 generated "
+            "digits.",
+            "",
+            *lines,
+            "",
+        ]
+    minutes = (time.time() - start) / 60
+    command = (
+        f"python -m experiments.diffusion_table --workdir={args.workdir} --out={args.out} "
+        f"--seeds={args.seeds} --ablation_seeds={args.ablation_seeds} --parts={args.parts}"
+    )
+    if args.steps:
+        command += f" --steps={args.steps}"
+    text = "\n".join(
+        [
+            "# One-step diffusion distillation: the official updates on a 2-D mixture and digits",
+            "",
+            f"Produced by `{command}` ({minutes:.1f} min on {machine()}; finished runs in the "
+            "workdir are re-opened, not retrained). The update is NVlabs FastGen's f-distill "
+            "(x0-space, per-sample `mean|x − x̂_teacher|` normaliser, GAN term 1e-3, generator and "
+            "fake score initialised from the teacher) and SiD's weighting for SIM; the parity "
+            "table is in `experiments/README.md`.",
+            "",
+            *sections,
         ]
     )
     write(args.out, text)
-    print("\n".join(lines))
+    print(text)
 
 
 if __name__ == "__main__":

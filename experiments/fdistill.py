@@ -1,21 +1,29 @@
 """One-step diffusion distillation through the one trainer: f-distill (any f; reverse KL = DMD) and SIM.
 
-A one-step generator ``x = G(z)`` is fitted to a teacher diffusion model's distribution. Each
-train step runs ``config.critic_steps`` critic updates (the fake score ``s_psi``, trained by
-denoising score matching on generated samples, and for f-distill the discriminator whose logit is
-``log p_t / q_t``), then one generator update:
+A one-step generator ``x = G(z) = D_gen(sigma_init z, sigma_init)`` (a denoiser network of the
+teacher's architecture, initialised from the teacher as in every official code) is fitted to a
+teacher diffusion model's distribution. Each train step runs ``config.critic_steps`` critic
+updates (the fake denoiser, trained on generated samples, and the discriminator on the frozen
+teacher's features), then one generator update:
 
-- ``method="fdistill"``: surrogate with gradient ``h(r) (s_psi - s_p)^T dx/dtheta``,
-  ``h = g.weight(log r)`` for ``config.divergence`` (reverse KL: ``h = 1``, DMD/VSD; no
-  discriminator is trained then);
-- ``method="sim"``: score implicit matching with the L2 or pseudo-Huber distance, data-free.
+- ``method="fdistill"`` (NVlabs FastGen ``f_distill.py``): the x0-space surrogate with gradient
+  ``h(r) (x_hat_fake - x_hat_teacher) / mean|x - x_hat_teacher|`` per sample, ``h = g.weight(log
+  r)`` for ``config.divergence`` (reverse KL: ``h = 1``, DMD2), plus ``gan_weight`` times the
+  non-saturating GAN loss;
+- ``method="sim"``: score implicit matching with the L2 or pseudo-Huber distance on
+  x0-predictions, SiD's weighting (``sid_loss.py``), data-free.
 
-The teacher of ``dataset="mog"`` is exact: the analytic noised score of a 2-D mixture of 8
-Gaussians with unequal weights, whose true samples are also the discriminator's "real" samples.
+Every deviation from the official update is a named config switch (``generator_update.space``,
+``generator_update.normalize``, ``gan_weight``, ``generator.init_from_teacher``,
+``stabilizers.ratio_momentum``, ``noise.distribution``, ``fake_score_weighting``); the parity
+table in ``experiments/README.md`` lists each with its source. The teacher of ``dataset="mog"``
+is an EDM denoiser trained on the mixture's samples (``mixture_teacher="trained"``), or the
+analytic noised mixture (``"exact"``, no network to initialise from).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
@@ -27,10 +35,11 @@ import numpy as np
 import optax
 
 from experiments._checks import allowed as _allowed
+from experiments._checks import positive as _positive
 from fdiv import data as fdata
 from fdiv import diffusion, generators, metrics, models
 from fdiv.losses import diffusion as dl
-from fdiv.models.critic import NoiseClassifier
+from fdiv.models.critic import FeatureDiscriminator, NoiseClassifier
 from fdiv.models.score import ScoreCNN, ScoreMLP
 from fdiv.train import Task, TrainConfig, Update, parallel, train
 from fdiv.train import plots as train_plots
@@ -39,6 +48,7 @@ METHODS = ("fdistill", "sim")
 DATASETS = ("mog", "digits", "cifar10")
 DISTANCES = ("l2", "pseudo_huber")
 EVAL_SEED = 10_000  # the fixed evaluation noise and reference samples
+GRAD_SHARE_SIGMA = 1.0  # generator/grad_share_sigma_lt_1: the share of |update| from sigma < 1
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -46,17 +56,37 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _allowed("method", config.method, METHODS)
     _allowed("dataset", config.dataset, DATASETS)
     if config.method == "fdistill":
-        generators.get(config.divergence)  # raises, listing the known names
+        _generator(config)  # raises, listing the known names or the bad parameter
     _allowed("distance", config.distance, DISTANCES)
     _allowed("mixture_teacher", config.mixture_teacher, ("exact", "trained"))
-    if not config.huber_c > 0:
-        raise ValueError(f"huber_c must be > 0, got {config.huber_c}")
-    if not 0 < config.sigma_min < config.sigma_max:
+    _allowed("noise.distribution", config.noise.distribution, ("karras", "log_uniform"))
+    _allowed("generator_update.space", config.generator_update.space, ("x0", "score"))
+    _allowed("fake_score_weighting", config.fake_score_weighting, ("none", "edm"))
+    _allowed("stabilizers.bin_spacing", config.stabilizers.bin_spacing, ("linear", "log"))
+    _allowed("discriminator.features", config.discriminator.features, ("teacher", "input"))
+    _positive("huber_c", config.huber_c)
+    _positive("sigma_data", config.sigma_data)
+    _positive("generator.init_sigma", config.generator.init_sigma)
+    if not 0 < config.noise.sigma_min < config.noise.sigma_max:
         raise ValueError(
-            f"need 0 < sigma_min < sigma_max, got {config.sigma_min}, {config.sigma_max}"
+            f"need 0 < noise.sigma_min < noise.sigma_max, got {config.noise.sigma_min}, "
+            f"{config.noise.sigma_max}"
         )
     if config.critic_steps < 1:
         raise ValueError(f"critic_steps must be >= 1, got {config.critic_steps}")
+    if not config.gan_weight >= 0:
+        raise ValueError(f"gan_weight must be >= 0, got {config.gan_weight}")
+    if config.dataset == "mog" and config.mixture_teacher == "exact":
+        if config.generator.init_from_teacher:
+            raise ValueError(
+                "mixture_teacher='exact' has no network to initialise the generator and fake "
+                "score from; set generator.init_from_teacher=False (or mixture_teacher='trained')"
+            )
+        if config.discriminator.features == "teacher":
+            raise ValueError(
+                "mixture_teacher='exact' has no network features for the discriminator; set "
+                "discriminator.features='input' (or mixture_teacher='trained')"
+            )
     s = config.stabilizers
     if s.ratio_clip:
         lo, hi = s.ratio_clip
@@ -71,9 +101,24 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if s.ratio_bins < 0:
         raise ValueError(f"stabilizers.ratio_bins must be >= 0 (0 disables), got {s.ratio_bins}")
     for name in ("generator_optimizer", "critic_optimizer"):
-        if not config[name].learning_rate > 0:
-            raise ValueError(f"{name}.learning_rate must be > 0, got {config[name].learning_rate}")
+        opt = config[name]
+        _positive(f"{name}.learning_rate", opt.learning_rate)
+        _allowed(f"{name}.schedule", opt.schedule, ("constant", "cosine"))
+        if opt.clip_norm is not None:
+            _positive(f"{name}.clip_norm", opt.clip_norm)
+    _positive("teacher.steps", config.teacher.steps)
+    _positive("teacher.batch_size", config.teacher.batch_size)
     TrainConfig.from_mapping(config.train.to_dict()).validate()
+
+
+# ------------------------------------------------------------------------------------------------
+# Pieces shared by every stage.
+# ------------------------------------------------------------------------------------------------
+
+
+def _generator(config) -> generators.Generator:
+    """The f of ``config.divergence`` with ``config.divergence_params`` (e.g. ``{"alpha": 1.5}``)."""
+    return generators.get(config.divergence, **config.divergence_params.to_dict())
 
 
 def _mixture(config) -> fdata.GaussianMixture:
@@ -88,103 +133,70 @@ def plot_extent(mix) -> tuple[float, float, float, float]:
     return (float(lo[0]), float(hi[0]), float(lo[1]), float(hi[1]))
 
 
-def _sample_sigma(key, n, config):
-    """Log-uniform noise levels on ``[sigma_min, sigma_max]``."""
+def sample_sigma(key, n, config) -> jax.Array:
+    """``[n]`` noise levels of every update (critics, generator, teacher): ``config.noise``.
+
+    ``"karras"`` (official): uniform over the indices of a 1000-level Karras schedule (FastGen's
+    ``polynomial`` time distribution); ``"log_uniform"``: log-uniform on ``[sigma_min, sigma_max]``.
+    """
+    noise = config.noise
+    if noise.distribution == "karras":
+        return diffusion.karras_sigma_sample(
+            key, n, sigma_min=noise.sigma_min, sigma_max=noise.sigma_max, rho=noise.rho,
+            index_range=tuple(noise.index_range),
+        )  # fmt: skip
     u = jax.random.uniform(key, (n,))
-    return jnp.exp(
-        jnp.log(config.sigma_min) + u * (jnp.log(config.sigma_max) - jnp.log(config.sigma_min))
-    )
+    lo, hi = jnp.log(noise.sigma_min), jnp.log(noise.sigma_max)
+    return jnp.exp(lo + u * (hi - lo))
 
 
-def _optimizer(opt_config, total_steps) -> optax.GradientTransformation:
+def make_optimizer(opt_config, total_steps) -> optax.GradientTransformation:
+    """AdamW (FastGen's optimiser) with an optional global-norm gradient clip and cosine decay."""
     lr = opt_config.learning_rate
     schedule = (
         optax.cosine_decay_schedule(lr, total_steps) if opt_config.schedule == "cosine" else lr
     )
-    return optax.adam(schedule, b1=opt_config.b1, b2=opt_config.b2)
-
-
-class Setting(NamedTuple):
-    """What a data set contributes: shapes, the teacher's score, real samples, evaluation."""
-
-    shape: tuple[int, ...]  # one sample's shape
-    teacher_score: Callable[[jax.Array, jax.Array], jax.Array]  # (x_t [B, ...], sigma [B]) -> score
-    real: np.ndarray  # "real" samples for the discriminator [N, ...]
-    fake_score: Any  # the fake-score denoiser module
-    summarize: Callable[[np.ndarray], dict[str, float]]
-    report: Callable[[np.ndarray, str], None]
-
-
-def _per_sample(sigma, x):
-    return sigma.reshape(sigma.shape + (1,) * (x.ndim - 1))
-
-
-def mixture_setting(config, workdir) -> Setting:
-    """A 2-D mixture; its samples are the data. The teacher is exact (the analytic noised score),
-    or, with ``mixture_teacher="trained"``, a ``ScoreMLP`` denoiser fitted to those samples first
-    (``<workdir>/teacher``)."""
-    mix = _mixture(config)
-    real, _ = fdata.mixture_sample(
-        mix, jax.random.key(config.train.seed + 1), config.num_real_samples
+    adam = optax.adamw(
+        schedule, b1=opt_config.b1, b2=opt_config.b2, weight_decay=opt_config.weight_decay
     )
-    if config.mixture_teacher == "trained":
-        denoiser = ScoreMLP(hidden=tuple(config.fake_score.hidden), sigma_data=config.sigma_data)
-        params = train_teacher(config, os.path.join(workdir, "teacher"), denoiser, np.asarray(real))
-        teacher_score = _denoiser_score(denoiser, params)
-    else:
-        teacher_score = lambda x, sigma: fdata.mixture_score(mix, x, sigma=sigma)  # noqa: E731
-    reference = np.asarray(fdata.mixture_sample(mix, jax.random.fold_in(jax.random.key(EVAL_SEED), 1), config.num_eval_samples)[0])  # fmt: skip
-
-    def summarize(x):
-        stats = metrics.mode_statistics(x, mix.means, mix.weights, std=float(np.max(mix.std)))
-        precision, recall = metrics.knn_precision_recall(reference, x, k=5)
-        return {
-            "modes_covered": float(stats.coverage) * len(mix.weights),
-            "coverage": float(stats.coverage),
-            "high_quality": float(stats.high_quality),
-            "weight_tv": float(stats.weight_tv),
-            "mmd": float(metrics.mmd_rbf(x, reference)),
-            "energy": float(metrics.energy_distance(x, reference)),
-            "precision": float(precision),
-            "recall": float(recall),
-        }
-
-    def report(x, workdir):
-        def log_density(points):
-            return np.asarray(fdata.mixture_log_prob(mix, jnp.asarray(points)))
-
-        label = config.divergence if config.method == "fdistill" else config.distance
-        train_plots.scatter_2d(
-            x, os.path.join(workdir, "samples.png"), density_fn=log_density, extent=plot_extent(mix),
-            title=f"{config.method} {label}",
-        )  # fmt: skip
-
-    return Setting(
-        shape=(mix.means.shape[1],),
-        teacher_score=teacher_score,
-        real=np.asarray(real),
-        fake_score=ScoreMLP(hidden=tuple(config.fake_score.hidden), sigma_data=config.sigma_data),
-        summarize=summarize,
-        report=report,
-    )
+    if opt_config.clip_norm is None:
+        return adam
+    return optax.chain(optax.clip_by_global_norm(opt_config.clip_norm), adam)
 
 
-def _images(config, split):
-    """Data-set images scaled to [-1, 1] (digits are stored in [0, 1])."""
-    ds = fdata.load(config.dataset, split, data_dir=config.get("data_dir") or None)
-    x, y = ds.get(np.arange(len(ds)))
-    return (x * 2.0 - 1.0 if config.dataset == "digits" else x), y, ds.num_classes
+def _denoiser_module(config, shape):
+    """The one denoiser architecture of the teacher, the fake score and the generator."""
+    if len(shape) == 1:
+        return ScoreMLP(hidden=tuple(config.network.hidden), sigma_data=config.sigma_data)
+    return ScoreCNN(channels=tuple(config.teacher.channels), sigma_data=config.sigma_data)
+
+
+def _stage_config_json(config, **fields) -> str:
+    """The config of a first stage: only what decides its result (so stages can be shared)."""
+    keys = ("dataset", "sigma_data", "noise", "network", "teacher", "mixture", "num_real_samples")
+    out = {k: config[k].to_dict() if hasattr(config[k], "to_dict") else config[k] for k in keys}
+    out.update(seed=config.train.seed, batch_size=config.train.batch_size, **fields)
+    return json.dumps(out, sort_keys=True, default=list)
+
+
+def _stage_dir(config, workdir, name) -> str:
+    """Where a first stage lives: ``<stages_dir or workdir>/<name>``."""
+    return os.path.join(config.stages_dir or workdir, name)
 
 
 def train_teacher(config, workdir, denoiser, x) -> Any:
-    """An EDM denoiser fitted to samples ``x`` by the same trainer; returns its host params."""
+    """An EDM denoiser fitted to samples ``x`` by the same trainer; returns its host params.
+
+    Noise levels: ``config.noise`` (the levels distillation queries, generator input included);
+    loss: EDM's ``lambda(sigma) ||D(x + sigma eps) - x||^2``.
+    """
     data = fdata.ArrayDataset(config.dataset, "train", x, np.zeros(len(x), np.int32), num_classes=1)
 
     def loss(params, model_state, batch, key):
         k1, k2 = jax.random.split(key)
         x0 = batch["inputs"]
-        sigma = _sample_sigma(k1, x0.shape[0], config)  # the noise levels distillation queries
-        x_t = x0 + _per_sample(sigma, x0) * jax.random.normal(k2, x0.shape)
+        sigma = sample_sigma(k1, x0.shape[0], config)
+        x_t = x0 + diffusion.per_sample(sigma, x0) * jax.random.normal(k2, x0.shape)
         denoised = denoiser.apply({"params": params["teacher"]}, x_t, sigma, train=True)
         value = jnp.mean(
             diffusion.edm_denoising_loss(denoised, x0, sigma, sigma_data=config.sigma_data)
@@ -205,25 +217,116 @@ def train_teacher(config, workdir, denoiser, x) -> Any:
         train_data=data,
     )
     tconfig = TrainConfig.from_mapping(
-        {**config.train.to_dict(), "total_steps": config.teacher.steps}
+        {
+            **config.train.to_dict(),
+            "total_steps": config.teacher.steps,
+            "batch_size": config.teacher.batch_size,
+        }
     )
-    result = train(task, tconfig, workdir, config_json=config.to_json_best_effort(sort_keys=True))
+    result = train(task, tconfig, workdir, config_json=_stage_config_json(config, stage="teacher"))
     return parallel.to_host(result.state.params["teacher"])
 
 
-def _denoiser_score(denoiser, params):
-    """``s(x, sigma) = (D(x, sigma) - x) / sigma^2`` of a trained EDM denoiser."""
+def teacher_samples(config, denoise_fn, shape, n) -> np.ndarray:
+    """``n`` samples of a teacher by the deterministic EDM sampler (Heun, 18 levels, rho 7)."""
+    x_T = config.noise.sigma_max * jax.random.normal(jax.random.key(EVAL_SEED + 1), (n, *shape))
+    sigmas = diffusion.karras_sigmas(
+        18, sigma_min=config.noise.sigma_min, sigma_max=config.noise.sigma_max
+    )
 
-    def score(x, sigma):
-        return (denoiser.apply({"params": params}, x, sigma, train=False) - x) / _per_sample(
-            sigma, x
-        ) ** 2
+    def denoise(x, sigma):
+        return denoise_fn(x, jnp.broadcast_to(sigma, x.shape[:1]))
 
-    return score
+    return np.asarray(jax.jit(diffusion.heun_sample, static_argnums=0)(denoise, x_T, sigmas))
+
+
+# ------------------------------------------------------------------------------------------------
+# Data settings: what a data set contributes.
+# ------------------------------------------------------------------------------------------------
+
+
+class Setting(NamedTuple):
+    """What a data set contributes: shapes, the teacher, real samples, evaluation."""
+
+    shape: tuple[int, ...]  # one sample's shape
+    denoiser: Any  # the denoiser architecture (teacher, fake score, generator)
+    teacher_params: Any  # the trained teacher's host params; None for the exact mixture teacher
+    exact_teacher: Callable[[jax.Array, jax.Array], jax.Array] | None  # (x_t, sigma) -> x0-pred.
+    real: np.ndarray  # "real" samples for the discriminator [N, ...]
+    summarize: Callable[[np.ndarray], dict[str, float]]
+    report: Callable[[np.ndarray, str], None]
+
+
+def mixture_setting(config, workdir) -> Setting:
+    """A 2-D mixture; its samples are the data. The teacher is an EDM ``ScoreMLP`` denoiser fitted
+    to them first (``<stages_dir or workdir>/teacher``), or with ``mixture_teacher="exact"`` the
+    analytic noised mixture. Its own Heun samples are evaluated as the reference row."""
+    mix = _mixture(config)
+    real, _ = fdata.mixture_sample(
+        mix, jax.random.key(config.train.seed + 1), config.num_real_samples
+    )
+    real = np.asarray(real)
+    shape = (mix.means.shape[1],)
+    denoiser = _denoiser_module(config, shape)
+    reference = np.asarray(fdata.mixture_sample(mix, jax.random.fold_in(jax.random.key(EVAL_SEED), 1), config.num_eval_samples)[0])  # fmt: skip
+
+    def summarize(x):
+        stats = metrics.mode_statistics(x, mix.means, mix.weights, std=float(np.max(mix.std)))
+        precision, recall = metrics.knn_precision_recall(reference, x, k=5)
+        return {
+            "modes_covered": float(stats.coverage) * len(mix.weights),
+            "coverage": float(stats.coverage),
+            "high_quality": float(stats.high_quality),
+            "weight_tv": float(stats.weight_tv),
+            "mmd": float(metrics.mmd_rbf(x, reference)),
+            "energy": float(metrics.energy_distance(x, reference)),
+            "precision": float(precision),
+            "recall": float(recall),
+        }
+
+    if config.mixture_teacher == "trained":
+        params = train_teacher(config, _stage_dir(config, workdir, "teacher"), denoiser, real)
+        exact = None
+        fn = lambda x, s: denoiser.apply({"params": params}, x, s, train=False)  # noqa: E731
+    else:
+        params = None
+        exact = lambda x, sigma: fdata.mixture_denoiser(mix, x, sigma)  # noqa: E731
+        fn = exact
+    own = teacher_samples(config, fn, shape, config.num_eval_samples)
+    references = {f"teacher_{k}": v for k, v in summarize(own).items()}
+
+    def report(x, workdir):
+        def log_density(points):
+            return np.asarray(fdata.mixture_log_prob(mix, jnp.asarray(points)))
+
+        label = str(_generator(config)) if config.method == "fdistill" else config.distance
+        train_plots.scatter_2d(
+            x, os.path.join(workdir, "samples.png"), density_fn=log_density, extent=plot_extent(mix),
+            title=f"{config.method} {label}",
+        )  # fmt: skip
+
+    return Setting(
+        shape=shape,
+        denoiser=denoiser,
+        teacher_params=params,
+        exact_teacher=exact,
+        real=real,
+        summarize=lambda x: {**summarize(x), **references},
+        report=report,
+    )
+
+
+def _images(config, split):
+    """Data-set images scaled to [-1, 1] (digits are stored in [0, 1])."""
+    ds = fdata.load(config.dataset, split, data_dir=config.get("data_dir") or None)
+    x, y = ds.get(np.arange(len(ds)))
+    return (x * 2.0 - 1.0 if config.dataset == "digits" else x), y, ds.num_classes
 
 
 def train_feature_classifier(config, workdir):
-    """A small MLP classifier on the images: its hidden layer is the Frechet distance's feature space."""
+    """A small MLP classifier on the images: its hidden layer is the Frechet distance's feature
+    space, its prediction the class histogram of generated samples. Returns ``(features,
+    predict)``."""
     x, y, num_classes = _images(config, "train")
     data = fdata.ArrayDataset(config.dataset, "train", x, y, num_classes=num_classes)
     classifier = models.get("mlp", num_classes=num_classes, hidden=(128,))
@@ -242,7 +345,8 @@ def train_feature_classifier(config, workdir):
     tconfig = TrainConfig.from_mapping(
         {**config.train.to_dict(), "total_steps": config.classifier_steps}
     )
-    params = parallel.to_host(train(task, tconfig, workdir).state.params["classifier"])
+    stage_json = _stage_config_json(config, stage="classifier", steps=config.classifier_steps)
+    params = parallel.to_host(train(task, tconfig, workdir, config_json=stage_json).state.params["classifier"])  # fmt: skip
 
     def features(images):
         flat = jnp.asarray(images).reshape(len(images), -1)
@@ -250,43 +354,54 @@ def train_feature_classifier(config, workdir):
             jax.nn.relu(flat @ params["Dense_0"]["kernel"] + params["Dense_0"]["bias"])
         )
 
-    return features
+    def predict(images):
+        logits = classifier.apply({"params": params}, jnp.asarray(images), train=False)
+        return np.asarray(jnp.argmax(logits, axis=-1)), num_classes
+
+    return features, predict
+
+
+def class_histogram(labels: np.ndarray, num_classes: int) -> dict[str, float]:
+    """The fraction of samples per predicted class, and how many classes hold >= 2% (a fifth of
+    their share under uniform classes: the mixture's mode-coverage rule)."""
+    fractions = np.bincount(labels, minlength=num_classes) / max(len(labels), 1)
+    out = {f"class_{k}": float(f) for k, f in enumerate(fractions)}
+    out["classes_present"] = float(np.sum(fractions >= 0.2 / num_classes))
+    return out
 
 
 def image_setting(config, workdir) -> Setting:
-    """A denoiser teacher trained on the images first (``<workdir>/teacher``), then distilled."""
+    """A denoiser teacher trained on the images first, then distilled; the Frechet distance in a
+    classifier's feature space against the test images, with the teacher's own Heun samples and
+    training images as references."""
     real, _, _ = _images(config, "train")
-    denoiser = ScoreCNN(channels=tuple(config.teacher.channels), sigma_data=config.sigma_data)
-    teacher_params = train_teacher(config, os.path.join(workdir, "teacher"), denoiser, real)
-    features = train_feature_classifier(config, os.path.join(workdir, "classifier"))
-    real, _, _ = _images(config, "train")
+    shape = real.shape[1:]
+    denoiser = _denoiser_module(config, shape)
+    teacher_params = train_teacher(config, _stage_dir(config, workdir, "teacher"), denoiser, real)
+    features, predict = train_feature_classifier(config, _stage_dir(config, workdir, "classifier"))
     test, _, _ = _images(config, "test")
     test_features = features(test)
-    shape = real.shape[1:]
 
-    teacher_score = _denoiser_score(denoiser, teacher_params)
-
-    # References for the generator's distance: the teacher's own samples (Heun, 18 steps) and
-    # training images, each against the test images' features.
-    x_T = config.sigma_max * jax.random.normal(
-        jax.random.key(EVAL_SEED + 1), (config.num_eval_samples, *shape)
-    )
-    sigmas = diffusion.karras_sigmas(18, sigma_min=0.002, sigma_max=config.sigma_max)
-    teacher_samples = jax.jit(diffusion.heun_sample, static_argnums=0)(
-        lambda x, sigma: denoiser.apply({"params": teacher_params}, x, jnp.broadcast_to(sigma, x.shape[:1]), train=False),
-        x_T, sigmas,
+    own = teacher_samples(
+        config, lambda x, s: denoiser.apply({"params": teacher_params}, x, s, train=False),
+        shape, config.num_eval_samples,
     )  # fmt: skip
+    own_labels, num_classes = predict(own)
     references = {
-        "teacher_frechet": metrics.frechet_distance(
-            features(np.asarray(teacher_samples)), test_features
-        ),
+        "teacher_frechet": metrics.frechet_distance(features(own), test_features),
         "data_frechet": metrics.frechet_distance(
             features(real[: config.num_eval_samples]), test_features
         ),
+        "teacher_classes_present": class_histogram(own_labels, num_classes)["classes_present"],
     }
 
     def summarize(x):
-        return {"frechet": metrics.frechet_distance(features(x), test_features), **references}
+        labels, _ = predict(x)
+        return {
+            "frechet": metrics.frechet_distance(features(x), test_features),
+            **class_histogram(labels, num_classes),
+            **references,
+        }
 
     def report(x, workdir):
         grid = x[:64] if x.shape[-1] == 1 else x[:64].mean(-1)  # colour shown as its channel mean
@@ -296,12 +411,31 @@ def image_setting(config, workdir) -> Setting:
 
     return Setting(
         shape=shape,
-        teacher_score=teacher_score,
+        denoiser=denoiser,
+        teacher_params=teacher_params,
+        exact_teacher=None,
         real=real,
-        fake_score=ScoreCNN(channels=tuple(config.teacher.channels), sigma_data=config.sigma_data),
         summarize=summarize,
         report=report,
     )
+
+
+# ------------------------------------------------------------------------------------------------
+# The distillation task.
+# ------------------------------------------------------------------------------------------------
+
+
+def grad_share(update: jax.Array, sigma: jax.Array, threshold: float) -> jax.Array:
+    """The share of the generator's update norm from noise levels below ``threshold``.
+
+    ``sum_{i: sigma_i < threshold} ||g_i|| / sum_i ||g_i||`` for per-sample updates ``g [B, ...]``
+    (the gradient of the distribution-matching loss w.r.t. each sample): a diagnostic of how a
+    generator update weights the noise levels (0 when every update is zero).
+    """
+    norms = jnp.sqrt(jnp.sum(jnp.square(update.reshape(update.shape[0], -1)), axis=-1))
+    total = jnp.sum(norms)
+    low = jnp.sum(jnp.where(sigma < threshold, norms, 0.0))
+    return jnp.where(total > 0, low / jnp.where(total > 0, total, 1.0), 0.0)
 
 
 def build_task(config: ml_collections.ConfigDict, workdir: str = "") -> tuple[Task, Setting]:
@@ -311,121 +445,178 @@ def build_task(config: ml_collections.ConfigDict, workdir: str = "") -> tuple[Ta
         if config.dataset == "mog"
         else image_setting(config, workdir)
     )
-    shape = setting.shape
-    size = int(np.prod(shape))
-    latent = config.generator.latent_dim
-    mlp = models.get(
-        "mlp", num_classes=size, hidden=tuple(config.generator.hidden), activation="silu"
-    )
-    fake_score = setting.fake_score
-    discriminator = NoiseClassifier(
-        hidden=tuple(config.discriminator.hidden), sigma_data=config.sigma_data
-    )
-    use_discriminator = (
-        config.method == "fdistill" and generators.get(config.divergence).name != "reverse_kl"
-    )
+    shape, denoiser = setting.shape, setting.denoiser
+    numel = int(np.prod(shape))
+    per_sample = diffusion.per_sample
     s = config.stabilizers
-    num_bins = s.ratio_bins
+    uses_ratio = config.method == "fdistill" and _generator(config).name != "reverse_kl"
+    use_discriminator = uses_ratio or (config.method == "fdistill" and config.gan_weight > 0)
+    on_features = config.discriminator.features == "teacher"
+    disc_hidden = tuple(config.discriminator.hidden)
+    discriminator = (
+        FeatureDiscriminator(hidden=disc_hidden)
+        if on_features
+        else NoiseClassifier(hidden=disc_hidden, sigma_data=config.sigma_data)
+    )
     real = setting.real
     train_data = fdata.ArrayDataset(
         "real", "train", real, np.zeros(len(real), np.int32), num_classes=1
     )
-    z_eval = jax.random.normal(jax.random.key(EVAL_SEED), (config.num_eval_samples, latent))
+    z_eval = jax.random.normal(jax.random.key(EVAL_SEED), (config.num_eval_samples, *shape))
     eval_data = fdata.ArrayDataset(
         "noise", "eval", np.asarray(z_eval), np.zeros(len(z_eval), np.int32), num_classes=1
     )
-    teacher_score = setting.teacher_score
+    init_sigma = config.generator.init_sigma
+    teacher_params = setting.teacher_params
 
-    def score_of(denoiser_params, x, sigma):
-        denoised = fake_score.apply({"params": denoiser_params}, x, sigma, train=False)
-        return (denoised - x) / _per_sample(sigma, x) ** 2
+    def teacher(params, x, sigma):
+        if setting.exact_teacher is not None:
+            return setting.exact_teacher(x, sigma)
+        return denoiser.apply({"params": params["teacher"]}, x, sigma, train=False)
+
+    def fake(params, x, sigma):
+        return denoiser.apply({"params": params["fake_score"]}, x, sigma, train=False)
+
+    def logits_of(params, x_t, sigma):
+        if on_features:
+            _, feats = denoiser.apply(
+                {"params": params["teacher"]}, x_t, sigma, train=False, return_features=True
+            )
+            return discriminator.apply({"params": params["discriminator"]}, feats, train=False)
+        return discriminator.apply({"params": params["discriminator"]}, x_t, sigma, train=False)
 
     def init(key):
         k1, k2, k3 = jax.random.split(key, 3)
         x, sig = jnp.zeros((1, *shape)), jnp.ones((1,))
-        params = {
-            "generator": mlp.init(k1, jnp.zeros((1, latent)), train=False)["params"],
-            "fake_score": fake_score.init(k2, x, sig, train=False)["params"],
-        }
+        if config.generator.init_from_teacher:
+            params = {"generator": teacher_params, "fake_score": teacher_params}
+        else:
+            params = {
+                "generator": denoiser.init(k1, x, sig, train=False)["params"],
+                "fake_score": denoiser.init(k2, x, sig, train=False)["params"],
+            }
+        if teacher_params is not None:
+            params["teacher"] = teacher_params  # frozen: no optimiser
         model_state = {}
         if use_discriminator:
-            params["discriminator"] = discriminator.init(k3, x, sig, train=False)["params"]
-            if num_bins:
-                model_state["ratio_stats"] = dl.init_ratio_stats(num_bins)
+            if on_features:
+                _, feats = denoiser.apply(
+                    {"params": teacher_params}, x, sig, train=False, return_features=True
+                )
+                params["discriminator"] = discriminator.init(k3, feats, train=False)["params"]
+            else:
+                params["discriminator"] = discriminator.init(k3, x, sig, train=False)["params"]
+        if uses_ratio and s.ratio_bins:
+            model_state["ratio_stats"] = dl.init_ratio_stats(s.ratio_bins)
         return params, model_state
 
     def generate(params, z):
-        # G(z): an MLP to prod(shape) outputs, reshaped to the sample shape.
-        return mlp.apply({"params": params["generator"]}, z, train=False).reshape(
-            (z.shape[0], *shape)
-        )
+        sigma = jnp.full((z.shape[0],), init_sigma, z.dtype)
+        return denoiser.apply({"params": params["generator"]}, init_sigma * z, sigma, train=False)
+
+    def fake_score_loss(denoised, x0, sigma):
+        sq = jnp.sum(jnp.square(denoised - x0).reshape(x0.shape[0], -1), axis=-1) / numel
+        if config.fake_score_weighting == "edm":
+            sq = sq * diffusion.edm_loss_weight(sigma, sigma_data=config.sigma_data)
+        return sq
 
     def critic_loss(params, model_state, batch, key):
         kz, ks, ke, kr, kre = jax.random.split(key, 5)
         n = batch["inputs"].shape[0]
-        x0 = jax.lax.stop_gradient(generate(params, jax.random.normal(kz, (n, latent))))
-        sigma = _sample_sigma(ks, n, config)
-        eps = jax.random.normal(ke, x0.shape)
-        x_t = x0 + _per_sample(sigma, x0) * eps
-        dsm = dl.denoising_score_loss(score_of(params["fake_score"], x_t, sigma), x0, eps, sigma)
-        metrics_ = {"dsm": jnp.mean(dsm)}
-        loss = jnp.mean(dsm)
+        x0 = jax.lax.stop_gradient(generate(params, jax.random.normal(kz, (n, *shape))))
+        sigma = sample_sigma(ks, n, config)
+        x_t = x0 + per_sample(sigma, x0) * jax.random.normal(ke, x0.shape)
+        dsm = jnp.mean(fake_score_loss(fake(params, x_t, sigma), x0, sigma))
+        metrics_ = {"fake_score": dsm}
+        loss = dsm
         if use_discriminator:
-            sigma_r = _sample_sigma(kr, n, config)
-            real_t = batch["inputs"] + _per_sample(sigma_r, x0) * jax.random.normal(kre, x0.shape)
-            real_logit = discriminator.apply(
-                {"params": params["discriminator"]}, real_t, sigma_r, train=False
+            sigma_r = sample_sigma(kr, n, config)  # reals at their own noise levels
+            real_t = batch["inputs"] + per_sample(sigma_r, x0) * jax.random.normal(kre, x0.shape)
+            disc = jnp.mean(
+                dl.discriminator_loss(
+                    logits_of(params, real_t, sigma_r), logits_of(params, x_t, sigma)
+                )
             )
-            fake_logit = discriminator.apply(
-                {"params": params["discriminator"]}, x_t, sigma, train=False
-            )
-            disc = dl.discriminator_loss(real_logit, fake_logit)
-            loss = loss + jnp.mean(disc)
-            metrics_["discriminator"] = jnp.mean(disc)
+            loss = loss + disc
+            metrics_["discriminator"] = disc
         return loss, ({}, metrics_)
+
+    def fdistill_generator(params, model_state, x, sigma, eps):
+        fixed = jax.lax.stop_gradient(params)  # every network but the generator, held
+        x_t = x + per_sample(sigma, x) * eps  # the GAN term differentiates through x_t
+        x_t_held = jax.lax.stop_gradient(x_t)
+        x_hat_p = teacher(fixed, x_t_held, sigma)
+        x_hat_q = fake(fixed, x_t_held, sigma)
+        updates, extra, weight = {}, {}, None
+        gan = jnp.zeros(())
+        if use_discriminator:
+            logit = logits_of(fixed, x_t, sigma)
+            gan = jnp.mean(dl.gan_generator_loss(logit))
+            extra["gan"] = gan
+        if uses_ratio:
+            bins = None
+            if s.ratio_bins:
+                bins = dl.noise_bin(
+                    sigma, sigma_min=config.noise.sigma_min, sigma_max=config.noise.sigma_max,
+                    num_bins=s.ratio_bins, spacing=s.bin_spacing,
+                )  # fmt: skip
+            weight, new_stats = dl.fdistill_weight(
+                logit, _generator(config),
+                logit_clamp=s.logit_clamp, ratio_clip=tuple(s.ratio_clip) if s.ratio_clip else None,
+                stats=model_state.get("ratio_stats"), bins=bins, momentum=s.ratio_momentum,
+                normalize_batch=s.normalize_batch,
+            )  # fmt: skip
+            if new_stats is not None:
+                updates["ratio_stats"] = new_stats
+            extra.update(weight_max=jnp.max(weight), log_ratio=jnp.mean(logit))
+        if (
+            config.generator_update.space == "score"
+        ):  # the deviation: unit weight on score differences
+            weight = (1.0 if weight is None else weight) / jnp.square(sigma)
+        dm = dl.fdistill_generator_loss(
+            x, x_hat_q, x_hat_p, weight, normalize=config.generator_update.normalize
+        )
+        # d dm / d x = g exactly (dm depends on x only through the linear term).
+        g = jax.grad(lambda xx: jnp.sum(dl.fdistill_generator_loss(xx, x_hat_q, x_hat_p, weight, normalize=config.generator_update.normalize)))(jax.lax.stop_gradient(x))  # fmt: skip
+        # FastGen reduces the surrogate with a mean over every element; the GAN weight is
+        # relative to that.
+        loss = jnp.mean(dm) / numel + config.gan_weight * gan
+        return loss, g, updates, {"distribution_matching": jnp.mean(dm) / numel, **extra}
+
+    def sim_generator(params, x, sigma, eps):
+        fixed = jax.lax.stop_gradient(params)
+
+        def per_example(x0):
+            return dl.sim_generator_loss(
+                x0, eps, sigma, lambda x_t, sig: teacher(fixed, x_t, sig),
+                lambda x_t, sig: fake(fixed, x_t, sig), distance=config.distance,
+                c=config.huber_c, space=config.generator_update.space, normalize=config.generator_update.normalize,
+            )  # fmt: skip
+
+        value = per_example(x)
+        g = jax.grad(lambda x0: jnp.sum(per_example(x0)))(jax.lax.stop_gradient(x))
+        loss = jnp.mean(value) / numel
+        return loss, g, {}, {"sim": loss}
 
     def generator_loss(params, model_state, batch, key):
         kz, ks, ke = jax.random.split(key, 3)
         n = batch["inputs"].shape[0]
-        x = generate(params, jax.random.normal(kz, (n, latent)))
-        sigma = _sample_sigma(ks, n, config)
+        x = generate(params, jax.random.normal(kz, (n, *shape)))
+        sigma = sample_sigma(ks, n, config)
         eps = jax.random.normal(ke, x.shape)
-        fixed = jax.lax.stop_gradient(params)  # the critics' parameters, never trained here
         if config.method == "sim":
-            loss = dl.sim_generator_loss(
-                x, eps, sigma, teacher_score,
-                lambda x_t, sig: score_of(fixed["fake_score"], x_t, sig),
-                distance=config.distance, c=config.huber_c,
-            )  # fmt: skip
-            return jnp.mean(loss), ({}, {"sim": jnp.mean(loss)})
-        x_t = jax.lax.stop_gradient(x + _per_sample(sigma, x) * eps)
-        teacher = teacher_score(x_t, sigma)  # once: the difference and DMD's normaliser share it
-        difference = score_of(fixed["fake_score"], x_t, sigma) - teacher
-        updates, extra = {}, {}
-        if use_discriminator:
-            logit = discriminator.apply({"params": fixed["discriminator"]}, x_t, sigma, train=False)
-            stats = model_state.get("ratio_stats")
-            bins = dl.noise_bin(sigma, sigma_min=config.sigma_min, sigma_max=config.sigma_max, num_bins=num_bins) if num_bins else None  # fmt: skip
-            weight, new_stats = dl.fdistill_weight(
-                logit, config.divergence,
-                logit_clamp=s.logit_clamp, ratio_clip=tuple(s.ratio_clip) if s.ratio_clip else None,
-                stats=stats, bins=bins, momentum=s.ratio_momentum, normalize_batch=s.normalize_batch,
-            )  # fmt: skip
-            if new_stats is not None:
-                updates["ratio_stats"] = new_stats
-            extra = {"weight_max": jnp.max(weight), "log_ratio": jnp.mean(logit)}
+            loss, g, updates, extra = sim_generator(params, x, sigma, eps)
         else:
-            weight = None
-        normalizer = None
-        if config.stabilizers.dmd_normalize:
-            normalizer = dl.dmd_normalizer(x, x_t + _per_sample(sigma, x) ** 2 * teacher)
-        loss = dl.fdistill_generator_loss(x, difference, weight, dmd_normalizer=normalizer)
-        return jnp.mean(loss), (updates, {"surrogate": jnp.mean(loss), **extra})
+            loss, g, updates, extra = fdistill_generator(params, model_state, x, sigma, eps)
+        extra["grad_share_sigma_lt_1"] = grad_share(
+            jax.lax.stop_gradient(g), sigma, GRAD_SHARE_SIGMA
+        )
+        return loss, (updates, extra)
 
     critics = ("fake_score", "discriminator") if use_discriminator else ("fake_score",)
     total = config.train.total_steps
-    optimizers = {name: _optimizer(config.critic_optimizer, total) for name in critics}
-    optimizers["generator"] = _optimizer(config.generator_optimizer, total)
+    optimizers = {name: make_optimizer(config.critic_optimizer, total) for name in critics}
+    optimizers["generator"] = make_optimizer(config.generator_optimizer, total)
 
     def predict(params, model_state, batch):
         return {"samples": generate(params, batch["inputs"])}

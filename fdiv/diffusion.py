@@ -18,13 +18,16 @@ import jax
 import jax.numpy as jnp
 
 __all__ = [
+    "denoised_from_score",
     "edm_denoising_loss",
     "edm_loss_weight",
     "edm_sigma_sample",
     "euler_sample",
     "heun_sample",
+    "karras_sigma_sample",
     "karras_sigmas",
     "per_sample",
+    "score_from_denoiser",
 ]
 
 DenoiseFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -41,6 +44,61 @@ def per_sample(sigma, x: jax.Array) -> jax.Array:
     if sigma.ndim != 1 or sigma.shape[0] not in (1, x.shape[0]):
         raise ValueError(f"sigma must be a scalar or [B] with B = {x.shape[0]}, got {sigma.shape}")
     return sigma.reshape((-1,) + (1,) * (x.ndim - 1))
+
+
+def score_from_denoiser(denoised, x, sigma) -> jax.Array:
+    """Score ``(denoised - x) / sigma^2`` of a denoiser output at ``x`` (Tweedie's formula).
+
+    ``sigma`` is a scalar or ``[B]``. Inverse of :func:`denoised_from_score`.
+    """
+    x = jnp.asarray(x)
+    return (jnp.asarray(denoised, x.dtype) - x) / jnp.square(per_sample(sigma, x))
+
+
+def denoised_from_score(score, x, sigma) -> jax.Array:
+    """The x0-prediction ``x + sigma^2 score`` of a score at ``x`` (Tweedie's formula).
+
+    The official distillation updates (DMD2, FastGen f-distill, SiD) are written on x0-predictions;
+    a difference of x0-predictions is ``sigma^2`` times the difference of scores, so which of the
+    two a generator update uses decides how it weights the noise levels.
+    """
+    x = jnp.asarray(x)
+    return x + jnp.square(per_sample(sigma, x)) * jnp.asarray(score, x.dtype)
+
+
+def karras_sigma_sample(
+    key: jax.Array,
+    n: int,
+    *,
+    sigma_min: float = 0.002,
+    sigma_max: float = 80.0,
+    rho: float = 7.0,
+    num_steps: int = 1000,
+    index_range: tuple[float, float] = (0.002, 0.998),
+) -> jax.Array:
+    """``[n]`` noise levels drawn uniformly from the indices of a Karras schedule.
+
+    The schedule has ``num_steps`` levels ``sigma_i = (a + i / (N - 1) (b - a))^rho``, ascending,
+    with ``a = sigma_min^(1/rho)``, ``b = sigma_max^(1/rho)``; the index ``i`` is uniform on the
+    integers ``[int(lo N), int(hi N)]`` for ``index_range = (lo, hi)``. The defaults are NVlabs
+    FastGen's ``"polynomial"`` time distribution for EDM (indices 2..998 of 1000 levels in
+    ``[0.002, 80]``, so ``sigma`` in about ``[0.0021, 79.6]``, median about 2.5); DMD2's generator
+    update uses ``index_range=(0.02, 0.98)``. For data of another scale multiply ``sigma_min`` and
+    ``sigma_max`` by ``sigma_data / 0.5``.
+    """
+    if not 0 < sigma_min < sigma_max:
+        raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
+    if not isinstance(num_steps, int) or num_steps < 2:
+        raise ValueError(f"num_steps must be an int >= 2, got {num_steps!r}")
+    lo_frac, hi_frac = index_range
+    if not 0.0 <= lo_frac <= hi_frac <= 1.0:
+        raise ValueError(f"index_range must satisfy 0 <= lo <= hi <= 1, got {index_range!r}")
+    lo = int(lo_frac * num_steps)
+    hi = min(int(hi_frac * num_steps), num_steps - 1)
+    index = jax.random.randint(key, (n,), lo, hi + 1)
+    ramp = index.astype(jnp.float32) / (num_steps - 1)
+    a, b = sigma_min ** (1.0 / rho), sigma_max ** (1.0 / rho)
+    return (a + ramp * (b - a)) ** rho
 
 
 def edm_sigma_sample(key: jax.Array, n: int, *, p_mean: float = -1.2, p_std: float = 1.2):

@@ -17,6 +17,7 @@ import pytest
 from numpy.polynomial.hermite_e import hermegauss
 from scipy.special import expit
 
+from fdiv import diffusion as dif
 from fdiv import generators as gen
 from fdiv.losses import diffusion as dl
 
@@ -101,11 +102,14 @@ def surrogate_gradient_1d(name, theta, sigma=SIGMA, n=48):
         h, _ = dl.fdistill_weight(
             jnp.asarray(log_r), name, logit_clamp=None, ratio_clip=None, normalize_batch=False
         )
-        diff = jnp.asarray(s_q - s_p)
+        # x0-predictions by Tweedie; weight h / sigma^2 without the normaliser is the per-level
+        # f-distill gradient h (s_q - s_p) (the score-space form).
+        x_hat_p, x_hat_q = jnp.asarray(x_t + sigma**2 * s_p), jnp.asarray(x_t + sigma**2 * s_q)
 
         def expected_loss(th):
             x = th[0] + th[1] * jnp.asarray(z)
-            return jnp.sum(jnp.asarray(w) * dl.fdistill_generator_loss(x, diff, h))
+            loss = dl.fdistill_generator_loss(x, x_hat_q, x_hat_p, h / sigma**2, normalize=False)
+            return jnp.sum(jnp.asarray(w) * loss)
 
         return np.asarray(jax.grad(expected_loss)(jnp.asarray(theta, jnp.float64)))
 
@@ -190,12 +194,14 @@ def test_fdistill_gradient_2d_full_matrix(name):
         h, _ = dl.fdistill_weight(
             jnp.asarray(log_r), name, logit_clamp=None, ratio_clip=None, normalize_batch=False
         )
-        diff = jnp.asarray(s_q - s_p)
+        x_hat_p = jnp.asarray(x_t + SIGMA2**2 * s_p)
+        x_hat_q = jnp.asarray(x_t + SIGMA2**2 * s_q)
 
         def expected_loss(th):
             aa, bb = th[:2], th[2:].reshape(2, 2)
             x = aa + jnp.asarray(z) @ bb.T
-            return jnp.sum(jnp.asarray(w) * dl.fdistill_generator_loss(x, diff, h))
+            loss = dl.fdistill_generator_loss(x, x_hat_q, x_hat_p, h / SIGMA2**2, normalize=False)
+            return jnp.sum(jnp.asarray(w) * loss)
 
         surrogate = np.asarray(jax.grad(expected_loss)(jnp.asarray(theta)))
     np.testing.assert_allclose(surrogate, true, rtol=1e-5, atol=1e-8)
@@ -218,6 +224,11 @@ def sim_true_divergence(theta, distance, c, frozen_at=None):
     y = -(GRID - MU_P) / var_p + (GRID - a) / (b**2 + SIGMA**2)
     density = np.exp(gauss_logpdf(GRID, sa, sb**2 + SIGMA**2))
     return trapezoid(density * np_distance(y, distance, c), GRID)
+
+
+def as_denoiser(score_fn):
+    """The x0-prediction ``x + sigma^2 s(x)`` of a score function (Tweedie)."""
+    return lambda x_t, sigma: dif.denoised_from_score(score_fn(x_t, sigma), x_t, sigma)
 
 
 def sim_surrogate_gradient(theta, distance, c, *, sampling_term, detach=False, weight=None):
@@ -247,10 +258,12 @@ def sim_surrogate_gradient(theta, distance, c, *, sampling_term, detach=False, w
                     x0,
                     jnp.asarray(eps),
                     sigma,
-                    teacher,
-                    fake,
+                    as_denoiser(teacher),
+                    as_denoiser(fake),
                     distance=distance,
                     c=c,
+                    space="score",
+                    normalize=False,
                     weight=weight,
                     sampling_term=sampling_term,
                 )
@@ -319,14 +332,13 @@ def test_sim_values_against_numpy():
             root = np.sqrt(norm2 + c**2)
             d, dp = root - c, y / root[:, None, None]
         expected = wt * np.sum(dp * target, axis=(1, 2))
+        kw = dict(distance=distance, c=c, weight=wt, space="score", normalize=False)
+        got = dl.sim_generator_loss(x0, eps, sigma, as_denoiser(teacher), as_denoiser(fake), **kw)
+        np.testing.assert_allclose(got, expected, rtol=1e-4)
         got = dl.sim_generator_loss(
-            x0, eps, sigma, teacher, fake, distance=distance, c=c, weight=wt
+            x0, eps, sigma, as_denoiser(teacher), as_denoiser(fake), sampling_term=True, **kw
         )
-        np.testing.assert_allclose(got, expected, rtol=1e-5)
-        got = dl.sim_generator_loss(
-            x0, eps, sigma, teacher, fake, distance=distance, c=c, weight=wt, sampling_term=True
-        )
-        np.testing.assert_allclose(got, expected + wt * d, rtol=1e-5)
+        np.testing.assert_allclose(got, expected + wt * d, rtol=1e-4)
         value = dl.sim_divergence(sp, sq, distance=distance, c=c, weight=wt)
         np.testing.assert_allclose(value, wt * d, rtol=1e-5)
 
@@ -345,6 +357,8 @@ def test_sim_bad_arguments():
         dl.sim_divergence(x, x, distance="l1")
     with pytest.raises(ValueError, match="eps"):
         dl.sim_generator_loss(x, jnp.zeros((2, 4)), 1.0, fn, fn)
+    with pytest.raises(ValueError, match="space must be one of x0, score"):
+        dl.sim_generator_loss(x, x, 1.0, fn, fn, space="eps")
 
 
 # -------------------------------------------------------------------------------------------------
@@ -498,9 +512,22 @@ def test_noise_bin_log_uniform():
     centres = np.sqrt(edges[:-1] * edges[1:])
     sigma = np.concatenate([centres, [1e-4, lo, hi, 1e3], edges[1:-1] * 1.0001])
     expected = np.concatenate([np.arange(k), [0, 0, k - 1, k - 1], np.arange(1, k)])
-    got = dl.noise_bin(sigma, sigma_min=lo, sigma_max=hi, num_bins=k)
+    got = dl.noise_bin(sigma, sigma_min=lo, sigma_max=hi, num_bins=k, spacing="log")
     assert got.dtype == jnp.int32
     np.testing.assert_array_equal(got, expected)
+
+
+def test_noise_bin_linear_is_fastgen_binning():
+    # FastGen: idx = floor((t - min_t) / ((max_t - min_t) / bin_num)), t in [0.002, 80], 10 bins.
+    lo, hi, k = 0.002, 80.0, 10
+    sigma = np.array([0.0021, 2.5, 7.9, 8.003, 40.0, 79.56, 80.0, 100.0])
+    width = (hi - lo) / k
+    expected = np.clip(np.floor((sigma - lo) / width), 0, k - 1).astype(int)
+    np.testing.assert_array_equal(expected, [0, 0, 0, 1, 4, 9, 9, 9])  # by hand
+    got = dl.noise_bin(sigma, sigma_min=lo, sigma_max=hi, num_bins=k)
+    np.testing.assert_array_equal(got, expected)
+    with pytest.raises(ValueError, match="spacing must be one of linear, log"):
+        dl.noise_bin(sigma, sigma_min=lo, sigma_max=hi, num_bins=k, spacing="cosine")
 
 
 # -------------------------------------------------------------------------------------------------
@@ -508,48 +535,147 @@ def test_noise_bin_log_uniform():
 # -------------------------------------------------------------------------------------------------
 
 
-def test_generator_loss_value_and_gradient():
+def fastgen_update_numpy(x, x_hat_fake, x_hat_teacher, h):
+    """FastGen's ``variational_score_distillation_loss`` transcribed to numpy: the gradient of
+    ``0.5 mse(x, x - g)`` (mean over every element) w.r.t. ``x``, with
+    ``g = h (x_hat_fake - x_hat_teacher) / (mean|x - x_hat_teacher| + 1e-6)``."""
+    axes = tuple(range(1, x.ndim))
+    w = 1.0 / (np.mean(np.abs(x - x_hat_teacher), axis=axes, keepdims=True) + 1e-6)
+    g = (x_hat_fake - x_hat_teacher) * w * h.reshape((-1,) + (1,) * (x.ndim - 1))
+    return g / x.size  # d/dx of 0.5 mean((x - sg(x - g))^2)
+
+
+def test_generator_loss_value_and_gradient_match_the_official_update():
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(4, 3, 2)).astype(np.float32) * 10
-    diff = rng.normal(size=(4, 3, 2)).astype(np.float32) * 1e-3
-    weight = np.array([0.5, 1.0, 2.0, 0.0], np.float32)
-    x_hat = x + rng.normal(size=x.shape).astype(np.float32)
-    norm = dl.dmd_normalizer(x, x_hat)
-    np.testing.assert_allclose(norm, 1 / np.mean(np.abs(x - x_hat), axis=(1, 2)), rtol=1e-6)
-    g = diff * weight[:, None, None] * np.asarray(norm)[:, None, None]
-    loss = dl.fdistill_generator_loss(x, diff, weight, dmd_normalizer=norm)
-    assert loss.shape == (4,)
-    np.testing.assert_allclose(loss, 0.5 * np.sum(g**2, axis=(1, 2)), rtol=1e-5)
-    grad = jax.grad(
-        lambda xx: jnp.sum(dl.fdistill_generator_loss(xx, diff, weight, dmd_normalizer=norm))
-    )(jnp.asarray(x))
-    np.testing.assert_allclose(grad, g, rtol=1e-6)  # exact even though |g| << |x|
-    # No gradient reaches the score difference, the weight or the normaliser.
-    grads = jax.grad(
-        lambda d, w, n: jnp.sum(dl.fdistill_generator_loss(x, d, w, dmd_normalizer=n)),
-        argnums=(0, 1, 2),
-    )(jnp.asarray(diff), jnp.asarray(weight), norm)
-    for gr in grads:
-        np.testing.assert_array_equal(gr, np.zeros_like(gr))
+    x = rng.normal(size=(4, 3, 2)) * 10
+    x_hat_p = x + rng.normal(size=x.shape)
+    x_hat_q = x_hat_p + rng.normal(size=x.shape) * 1e-3
+    weight = np.array([0.5, 1.0, 2.0, 0.0])
+    official = fastgen_update_numpy(x, x_hat_q, x_hat_p, weight)
+    with jax.enable_x64(True):
+        args = [jnp.asarray(a) for a in (x_hat_q, x_hat_p, weight)]
+        numel = x[0].size
+        grad = jax.grad(lambda xx: jnp.mean(dl.fdistill_generator_loss(xx, *args)) / numel)(
+            jnp.asarray(x)
+        )
+        np.testing.assert_allclose(grad, official, rtol=1e-10)
+        # The value is ||g||^2 / 2 per example, g = the un-reduced update.
+        g = official * x.size
+        loss = dl.fdistill_generator_loss(jnp.asarray(x), *args)
+        np.testing.assert_allclose(loss, 0.5 * np.sum(g**2, axis=(1, 2)), rtol=1e-5)
+        # No gradient reaches the predictions or the weight.
+        grads = jax.grad(
+            lambda q, p, w: jnp.sum(dl.fdistill_generator_loss(jnp.asarray(x), q, p, w)),
+            argnums=(0, 1, 2),
+        )(*args)
+        for gr in grads:
+            np.testing.assert_array_equal(gr, np.zeros_like(gr))
+        # normalize=False drops the per-sample divisor only.
+        raw = jax.grad(lambda xx: jnp.sum(dl.fdistill_generator_loss(xx, *args, normalize=False)))(
+            jnp.asarray(x)
+        )
+        np.testing.assert_allclose(raw, (x_hat_q - x_hat_p) * weight[:, None, None], rtol=1e-12)
+    # float32 and |g| << |x|: the gradient is still exact.
+    x32 = [np.asarray(a, np.float32) for a in (x, x_hat_q, x_hat_p, weight)]
+    grad32 = jax.grad(lambda xx: jnp.sum(dl.fdistill_generator_loss(xx, *x32[1:])))(x32[0])
+    official32 = fastgen_update_numpy(*(np.asarray(a, np.float64) for a in x32)) * x.size
+    np.testing.assert_allclose(grad32, official32, rtol=1e-4, atol=1e-9)
     # weight=None is h = 1 (reverse KL, DMD).
     np.testing.assert_array_equal(
-        dl.fdistill_generator_loss(x, diff), dl.fdistill_generator_loss(x, diff, np.ones(4))
+        dl.fdistill_generator_loss(*x32[:3]), dl.fdistill_generator_loss(*x32[:3], np.ones(4))
     )
-    # bfloat16 in, float32 out.
-    out = dl.fdistill_generator_loss(jnp.asarray(x, jnp.bfloat16), jnp.asarray(diff, jnp.bfloat16))
+    out = dl.fdistill_generator_loss(*(jnp.asarray(a, jnp.bfloat16) for a in x32[:3]))
     assert out.dtype == jnp.float32
-    with pytest.raises(ValueError, match="score_difference"):
-        dl.fdistill_generator_loss(x, diff[:, :2])
+    with pytest.raises(ValueError, match="must be shaped like x"):
+        dl.fdistill_generator_loss(x32[0], x32[1][:, :2], x32[2])
+
+
+# A 1-D Gaussian teacher and generator over a *distribution* of noise levels: the experiment's
+# expected generator gradient against a numpy transcription of the official update on the same
+# quadrature nodes, and how differently the score-space form weights the noise levels.
+SIGMAS = np.array([0.05, 0.2, 1.0, 5.0, 20.0])  # noise levels, equally likely
+
+
+def gaussian_nodes(theta, n=24):
+    a, b = theta
+    nodes, weights = gh(n)
+    z, eps = (m.ravel() for m in np.meshgrid(nodes, nodes, indexing="ij"))
+    w = np.outer(weights, weights).ravel()
+    return a, b, z, eps, w
+
+
+def official_expected_gradient(theta, name):
+    """``E_{sigma, z, eps}[g . dx/dtheta]`` by numpy, g the official update (unreduced)."""
+    a, b, z, eps, w = gaussian_nodes(theta)
+    total = np.zeros(2)
+    for sigma in SIGMAS:
+        x = a + b * z
+        x_t = x + sigma * eps
+        var_p, var_q = S_P**2 + sigma**2, b**2 + sigma**2
+        x_hat_p = x_t - sigma**2 * (x_t - MU_P) / var_p  # Tweedie with exact Gaussian scores
+        x_hat_q = x_t - sigma**2 * (x_t - a) / var_q
+        log_r = gauss_logpdf(x_t, MU_P, var_p) - gauss_logpdf(x_t, a, var_q)
+        h = {"reverse_kl": np.ones_like(log_r), "kl": np.exp(log_r)}[name]
+        g = fastgen_update_numpy(x[:, None], x_hat_q[:, None], x_hat_p[:, None], h)[:, 0] * x.size
+        total += np.array([np.sum(w * g), np.sum(w * g * z)]) / len(SIGMAS)
+    return total
+
+
+def fdiv_expected_gradient(theta, name, space="x0"):
+    a, b, z, eps, w = gaussian_nodes(theta)
+    with jax.enable_x64(True):
+        sigma = jnp.repeat(jnp.asarray(SIGMAS), z.size)
+        zz, ee = jnp.tile(jnp.asarray(z), len(SIGMAS)), jnp.tile(jnp.asarray(eps), len(SIGMAS))
+        ww = jnp.tile(jnp.asarray(w), len(SIGMAS)) / len(SIGMAS)
+
+        def expected(th):
+            x = th[0] + th[1] * zz
+            x_t = jax.lax.stop_gradient(x + sigma * ee)
+            var_p, var_q = S_P**2 + sigma**2, th[1] ** 2 + sigma**2
+            x_hat_p = x_t - sigma**2 * (x_t - MU_P) / var_p
+            x_hat_q = jax.lax.stop_gradient(x_t - sigma**2 * (x_t - th[0]) / var_q)
+            log_r = jax.lax.stop_gradient(
+                -0.5 * jnp.log(var_p / var_q)
+                - 0.5 * (x_t - MU_P) ** 2 / var_p
+                + 0.5 * (x_t - th[0]) ** 2 / var_q
+            )
+            h, _ = dl.fdistill_weight(
+                log_r, name, logit_clamp=None, ratio_clip=None, normalize_batch=False
+            )
+            if space == "score":
+                h = h / sigma**2
+            loss = dl.fdistill_generator_loss(
+                x[:, None], x_hat_q[:, None], x_hat_p[:, None], h, normalize=space == "x0"
+            )
+            return jnp.sum(ww * loss)
+
+        return np.asarray(jax.grad(expected)(jnp.asarray(theta, jnp.float64)))
+
+
+@pytest.mark.parametrize("name", ["reverse_kl", "kl"])
+def test_expected_gradient_over_noise_levels_is_the_official_one(name):
+    theta = np.array([A0, B0])
+    official = official_expected_gradient(theta, name)
+    ours = fdiv_expected_gradient(theta, name)
+    assert np.all(np.abs(official) > 1e-3)
+    np.testing.assert_allclose(ours, official, rtol=1e-9)
+    # The score-space form (the old fdiv default) is a different update, not a rescaling:
+    # its direction differs from the official one.
+    score = fdiv_expected_gradient(theta, name, space="score")
+    cosine = score @ official / (np.linalg.norm(score) * np.linalg.norm(official))
+    assert cosine < 0.99
 
 
 def test_dmd_normalizer_floor_and_gradient():
     x = jnp.ones((2, 3))
     norm = dl.dmd_normalizer(x, x)
     assert np.all(np.isfinite(norm)) and np.all(np.asarray(norm) > 0)
+    np.testing.assert_allclose(norm, 1e6)  # 1 / (0 + FastGen's 1e-6)
+    np.testing.assert_allclose(dl.dmd_normalizer(x, 3 * x), [1 / (2 + 1e-6)] * 2, rtol=1e-7)
     grad = jax.grad(lambda a: jnp.sum(dl.dmd_normalizer(a, 2 * jnp.ones((2, 3)))))(x)
     np.testing.assert_array_equal(grad, np.zeros((2, 3)))
-    with pytest.raises(ValueError, match="floor"):
-        dl.dmd_normalizer(x, x, floor=0.0)
+    with pytest.raises(ValueError, match="eps"):
+        dl.dmd_normalizer(x, x, eps=0.0)
 
 
 # -------------------------------------------------------------------------------------------------

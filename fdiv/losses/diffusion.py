@@ -1,30 +1,40 @@
 r"""One-step diffusion distillation losses: f-distill (DMD / VSD for reverse KL), SIM, and their critics.
 
-Setting (METHODS.md §3): a teacher diffusion model with score ``s_p(x_t, sigma)`` of the noised
-data ``p_t``; a one-step generator ``x = G_theta(z)`` whose noised marginal ``q_t`` is the law of
-``x_t = x + sigma eps`` (VE / EDM noise); an auxiliary *fake score* ``s_psi ~ grad log q_t`` trained
-by denoising score matching (:func:`denoising_score_loss`) on ``stop_gradient(G_theta(z))``; for
+Setting (METHODS.md §3): a teacher diffusion model with denoiser (x0-prediction)
+``x_hat_p(x_t, sigma)`` of the noised data ``p_t``; a one-step generator ``x = G_theta(z)`` whose
+noised marginal ``q_t`` is the law of ``x_t = x + sigma eps`` (VE / EDM noise); an auxiliary *fake
+score* ``x_hat_q ~ E_q[x | x_t]`` trained by denoising on ``stop_gradient(G_theta(z))``; for
 f-distill, a discriminator whose logit estimates ``log r_t = log p_t / q_t``
-(:func:`discriminator_loss`).
+(:func:`discriminator_loss`), which also gives the GAN term (:func:`gan_generator_loss`).
 
-Every loss returns per-example values ``[B]``; reduction (a mean over the batch) is the caller's.
-Shapes: ``x``, ``x0``, ``eps``, scores ``[B, ...]``; ``sigma`` and per-example weights ``[B]`` (or
-scalars), broadcast over the trailing dimensions. Low-precision (bf16/f16) inputs are computed in
-float32 and results are returned in float32 (float64 inputs stay float64).
+**Everything is written on x0-predictions, as the official code is** (NVlabs FastGen
+``common_loss.variational_score_distillation_loss``, DMD2 ``edm_guidance.py``, SiD
+``sid_loss.py``). By Tweedie ``x_hat = x_t + sigma^2 s``, so a difference of x0-predictions is
+``sigma^2`` times the difference of scores: the x0-space update weights noise level ``sigma`` by
+``sigma^2`` relative to a score-space one. That is not a harmless rescaling. Summed over a
+distribution of noise levels, the score-space form lets the smallest ``sigma`` dominate the
+generator's gradient (99% of it from ``sigma < 1`` on the 2-D mixture), which pulls each sample to
+its nearest mode and never moves mass between modes. :func:`fdiv.diffusion.denoised_from_score`
+and :func:`fdiv.diffusion.score_from_denoiser` convert between the two.
+
+Every loss returns per-example values ``[B]`` *summed* over the non-batch dimensions; reduction
+(a mean over the batch, or FastGen's mean over every element) is the caller's. Shapes: ``x``,
+``x0``, ``eps``, predictions ``[B, ...]``; ``sigma`` and per-example weights ``[B]`` (or scalars),
+broadcast over the trailing dimensions. Low-precision (bf16/f16) inputs are computed in float32
+and results are returned in float32 (float64 inputs stay float64).
 
 Gradient conventions, verified in ``tests/test_diffusion_losses.py`` against quadrature and finite
 differences on Gaussian teachers and generators:
 
 - f-distill: ``grad_theta D_f(p_t || q_t) = E_{z, eps}[h(r_t(x_t)) (s_q(x_t) - s_p(x_t))^T
-  dx_t/dtheta]`` with ``h(r) = r^2 f''(r)`` -- exactly as METHODS.md states (sign included), so
-  :func:`fdistill_generator_loss` with ``score_difference = s_fake - s_teacher`` and
-  ``weight = h`` has ``grad mean(loss) = + grad D_f``: gradient *descent* minimises ``D_f``.
-- SIM: the surrogate of METHODS.md / the SIM paper,
-  ``w d'(y)^T (s_psi(x_t) + eps / sigma)``, has the gradient of ``E_{x_t ~ pi}[d(s_p - s_q_theta)]``
-  with the *sampling* distribution ``pi`` held at the current ``q_t`` (only the score
-  ``s_q_theta`` inside ``d`` moves with theta). The gradient of ``E_{x_t ~ q_t}[d(...)]`` with
-  ``q_t`` moving too has the extra term ``grad_theta E[w d(y(x_t))]`` through ``x_t`` (networks
-  held); ``sim_generator_loss(..., sampling_term=True)`` adds it.
+  dx_t/dtheta]`` with ``h(r) = r^2 f''(r)`` (METHODS.md). :func:`fdistill_generator_loss` without
+  the normaliser and with the weight ``h / sigma^2`` has ``grad mean(loss) = + grad D_f`` at each
+  noise level; the official update is ``sigma^2`` times that, divided by ``mean|x - x_hat_p|``
+  (a positive per-sample scale): a different weighting of the noise levels, the same fixed point.
+- SIM: the surrogate ``d'(y)^T (s_psi(x_t) + eps / sigma)`` has the gradient of
+  ``E_{x_t ~ pi}[d(s_p - s_q_theta)]`` with the *sampling* distribution ``pi`` held at the current
+  ``q_t``; ``sampling_term=True`` adds ``d(y)`` for the full gradient with ``q_t`` moving too.
+  In x0-space the distance acts on ``Y = sigma^2 y`` (see :func:`sim_generator_loss`).
 """
 
 from __future__ import annotations
@@ -46,13 +56,14 @@ __all__ = [
     "dmd_normalizer",
     "fdistill_generator_loss",
     "fdistill_weight",
+    "gan_generator_loss",
     "init_ratio_stats",
     "noise_bin",
     "sim_divergence",
     "sim_generator_loss",
 ]
 
-ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
+DenoiseFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 _DISTANCES = ("l2", "pseudo_huber")
 
@@ -120,16 +131,26 @@ def init_ratio_stats(num_bins: int) -> RatioStats:
     )
 
 
-def noise_bin(sigma: ArrayLike, *, sigma_min: float, sigma_max: float, num_bins: int) -> jax.Array:
-    r"""Index of ``sigma``'s bin among ``num_bins`` log-uniform bins of ``[sigma_min, sigma_max]``.
+def noise_bin(
+    sigma: ArrayLike,
+    *,
+    sigma_min: float,
+    sigma_max: float,
+    num_bins: int,
+    spacing: str = "linear",
+) -> jax.Array:
+    r"""Index of ``sigma``'s bin among ``num_bins`` equal bins of ``[sigma_min, sigma_max]``.
 
-    ``bin = floor(num_bins (log sigma - log sigma_min) / (log sigma_max - log sigma_min))``,
-    clipped to ``[0, num_bins - 1]`` (values outside the range land in the end bins).
+    ``spacing="linear"`` (FastGen f-distill's ``ratio_normalization``: equal widths in ``sigma``):
+    ``bin = floor(num_bins (sigma - sigma_min) / (sigma_max - sigma_min))``; ``"log"``: the same
+    on ``log sigma``. Clipped to ``[0, num_bins - 1]`` (values outside the range land in the end
+    bins).
 
     Args:
       sigma: ``[B]`` noise levels, ``> 0``.
       sigma_min, sigma_max: ``0 < sigma_min < sigma_max``.
       num_bins: Python int ``>= 1``.
+      spacing: ``"linear"`` or ``"log"``.
     Returns:
       ``[B]`` int32.
     """
@@ -139,9 +160,12 @@ def noise_bin(sigma: ArrayLike, *, sigma_min: float, sigma_max: float, num_bins:
             f"sigma_min and sigma_max must satisfy 0 < sigma_min < sigma_max, got "
             f"sigma_min={sigma_min}, sigma_max={sigma_max}"
         )
-    log_sigma = jnp.log(_compute(sigma))
-    lo, hi = jnp.log(sigma_min), jnp.log(sigma_max)
-    position = (log_sigma - lo) / (hi - lo) * num_bins
+    if spacing not in ("linear", "log"):
+        raise ValueError(f"spacing must be one of linear, log; got {spacing!r}")
+    sigma = _compute(sigma)
+    if spacing == "log":
+        sigma, sigma_min, sigma_max = jnp.log(sigma), jnp.log(sigma_min), jnp.log(sigma_max)
+    position = (sigma - sigma_min) / (sigma_max - sigma_min) * num_bins
     return jnp.clip(jnp.floor(position), 0, num_bins - 1).astype(jnp.int32)
 
 
@@ -169,13 +193,16 @@ def fdistill_weight(
     ratio_clip: tuple[float, float] | None = (0.1, 20.0),
     stats: RatioStats | None = None,
     bins: ArrayLike | None = None,
-    momentum: float = 0.99,
+    momentum: float = 0.0,
     normalize_batch: bool = True,
 ) -> tuple[jax.Array, RatioStats | None]:
     r"""The f-distill weight ``h(r) = r^2 f''(r)`` of each sample, with the authors' stabilisers.
 
     ``log_ratio`` is the discriminator's logit on the noisy generated sample, an estimate of
     ``log r_t(x_t) = log p_t(x_t) / q_t(x_t)``. In order (each step off with ``None`` / ``False``):
+
+    These are FastGen's (``f_distill.py``, ``_get_f_div_weighting_h``), in its order; its
+    ``1e-6`` added to the divisors of steps 3 and 5 is left out (the divisors are ``>= lo > 0``).
 
     1. clamp the logit to ``[-logit_clamp, logit_clamp]``;
     2. clip ``r = exp(logit)`` to ``ratio_clip = (lo, hi)`` (done on ``log r``, so nothing
@@ -198,7 +225,8 @@ def fdistill_weight(
       stats: running means from :func:`init_ratio_stats`, or ``None`` (no per-bin division).
       bins: ``[B]`` integer bins in ``[0, num_bins)`` (see :func:`noise_bin`); required with
         ``stats``.
-      momentum: EMA momentum in ``[0, 1)``.
+      momentum: EMA momentum in ``[0, 1)``; FastGen's default ``0.0`` divides by the current
+        batch's per-bin mean (its ImageNet-64 config uses 0.5).
       normalize_batch: divide by the batch mean of ``h``.
     Returns:
       ``(h, new_stats)``: ``h`` ``[B]`` in float32 (float64 for float64 logits); ``new_stats`` is
@@ -254,78 +282,100 @@ def fdistill_weight(
 # ------------------------------------------------------------------------------------------------
 
 
-def dmd_normalizer(x: ArrayLike, x_hat_teacher: ArrayLike, *, floor: float = 1e-12) -> jax.Array:
-    r"""DMD's per-sample gradient scale ``1 / mean_dims |x - x_hat_teacher|``, held constant.
+def dmd_normalizer(x: ArrayLike, x_hat_teacher: ArrayLike, *, eps: float = 1e-6) -> jax.Array:
+    r"""The official per-sample scale ``1 / (mean_dims |x - x_hat_teacher| + eps)``, held constant.
 
-    ``x_hat_teacher`` is the teacher's denoised prediction of the noisy generated sample. The mean
-    absolute difference is floored at ``floor`` (default ``1e-12``) before dividing, only so that
-    a sample the teacher reproduces exactly gives a large finite scale rather than ``inf``; it
-    changes nothing above the floor.
+    ``x`` is the *clean* generator sample and ``x_hat_teacher`` the teacher's x0-prediction at its
+    noisy version (DMD2 ``compute_distribution_matching_loss``, FastGen
+    ``variational_score_distillation_loss``, SiD ``generator_loss``). ``eps = 1e-6`` is FastGen's
+    (SiD clips the mean at 1e-5 instead; DMD2 has none and zeroes non-finite results); it matters
+    only where the teacher nearly reproduces the sample (the smallest noise levels).
 
     Args:
       x, x_hat_teacher: ``[B, ...]``.
-      floor: ``> 0``.
+      eps: ``> 0``.
     Returns:
       ``[B]``, under ``stop_gradient``.
 
     References:
-      Yin et al. (2024), One-step Diffusion with Distribution Matching Distillation.
+      Yin et al. (2024), Improved Distribution Matching Distillation (DMD2).
     """
-    if not floor > 0:
-        raise ValueError(f"floor must be > 0, got {floor}")
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0, got {eps}")
     dtype = _common_dtype(x, x_hat_teacher)
     diff = _compute(x, dtype) - _compute(x_hat_teacher, dtype)
-    scale = _mean_trailing(jnp.abs(diff))
-    return jax.lax.stop_gradient(1.0 / jnp.maximum(scale, floor))
+    return jax.lax.stop_gradient(1.0 / (_mean_trailing(jnp.abs(diff)) + eps))
 
 
 def fdistill_generator_loss(
     x: ArrayLike,
-    score_difference: ArrayLike,
+    x_hat_fake: ArrayLike,
+    x_hat_teacher: ArrayLike,
     weight: ArrayLike | None = None,
     *,
-    dmd_normalizer: ArrayLike | None = None,
+    normalize: bool = True,
 ) -> jax.Array:
-    r"""Surrogate generator loss whose gradient w.r.t. ``x`` is ``weight * score_difference``.
+    r"""f-distill / DMD generator surrogate on x0-predictions, per example.
 
-    With ``g = sg(weight * dmd_normalizer * score_difference)`` (per-example factors broadcast over
-    the trailing dimensions), the loss is the DMD surrogate ``1/2 ||x - sg(x - g)||^2`` summed over
-    the non-batch dimensions. It is computed in the equivalent form
-    ``sum(g (x - sg(x))) + 1/2 ||g||^2``: same value ``||g||^2 / 2``, same gradient ``g``, but
-    exactly, without the rounding of ``x - (x - g)`` when ``|g| << |x|``.
+    With ``g = sg(weight * (x_hat_fake - x_hat_teacher) / mean|x - x_hat_teacher|)`` (the divisor
+    is :func:`dmd_normalizer`, dropped with ``normalize=False``; per-example factors broadcast over
+    the trailing dimensions), the loss is the official surrogate ``1/2 ||x - sg(x - g)||^2``
+    summed over the non-batch dimensions, so ``d loss / d x = g``. It is computed in the
+    equivalent form ``sum(g (x - sg(x))) + 1/2 ||g||^2``: same value and gradient, without the
+    rounding of ``x - (x - g)`` when ``|g| << |x|``. FastGen reduces with a mean over every
+    element (divide by the number of elements per sample to match it).
 
-    With ``x = G_theta(z)``, ``x_t = x + sigma eps``, ``score_difference = s_fake(x_t) -
-    s_teacher(x_t)`` (``s_fake ~ grad log q_t``) and ``weight = h(r_t(x_t))``
-    (:func:`fdistill_weight`), ``dx_t/dtheta = dx/dtheta`` gives
-
-        ``grad_theta E[loss] = E[h(r_t) (s_q - s_p)^T dx_t/dtheta] = grad_theta D_f(p_t || q_t)``,
-
-    the sign verified by quadrature in the tests: minimising the loss minimises ``D_f``.
-    ``weight=None`` means ``h = 1``, the reverse KL: DMD / VSD / Diff-Instruct. A score difference
-    written in x0-space (``x_hat_fake - x_hat_teacher = sigma^2 (s_fake - s_teacher)``, as DMD
-    does) only rescales each sample.
+    ``x = G_theta(z)`` is the clean generator sample; ``x_hat_fake`` and ``x_hat_teacher`` are the
+    fake score's and the teacher's x0-predictions at ``x_t = x + sigma eps``; ``weight = h(r_t)``
+    from :func:`fdistill_weight` (``None``: ``h = 1``, reverse KL, i.e. DMD / VSD). Since
+    ``x_hat_fake - x_hat_teacher = sigma^2 (s_q - s_p)``, the expected gradient is
+    ``E[h (sigma^2 / mean|x - x_hat_p|) (s_q - s_p)^T dx/dtheta]``: the f-distill gradient of
+    ``D_f(p_t || q_t)`` at every noise level, weighted by ``sigma^2 / mean|x - x_hat_p|``. The
+    score-space update of the f-distill paper's equation is the deviation ``normalize=False`` with
+    ``weight = h / sigma^2``.
 
     Args:
       x: ``[B, ...]`` generator output (the gradient flows here).
-      score_difference: ``[B, ...]`` ``s_fake(x_t) - s_teacher(x_t)``, held constant.
-      weight: ``[B]`` (or scalar) ``h``, held constant; ``None`` for 1.
-      dmd_normalizer: ``[B]`` (or scalar) extra per-sample scale, held constant (see
-        :func:`dmd_normalizer`); ``None`` for 1.
+      x_hat_fake, x_hat_teacher: ``[B, ...]`` x0-predictions at the noisy sample, held constant.
+      weight: ``[B]`` (or scalar) per-sample weight, held constant; ``None`` for 1.
+      normalize: divide by ``mean|x - x_hat_teacher|`` per sample (the official update).
     Returns:
       ``[B]``.
 
     References:
-      Yin et al. (2024), DMD; Wang et al. (2023), ProlificDreamer (VSD); Luo et al. (2023),
-      Diff-Instruct; Xu, Nie, Vahdat (2025), f-distill.
+      Yin et al. (2024), DMD and DMD2; Wang et al. (2023), ProlificDreamer (VSD); Luo et al.
+      (2023), Diff-Instruct; Xu, Nie, Vahdat (2025), f-distill.
     """
-    dtype = _common_dtype(x, score_difference)
+    dtype = _common_dtype(x, x_hat_fake, x_hat_teacher)
     x = _compute(x, dtype)
-    diff = _compute(score_difference, dtype)
-    if diff.shape != x.shape:
-        raise ValueError(f"score_difference must be shaped like x {x.shape}, got {diff.shape}")
-    g = diff * _per_example(weight, x) * _per_example(dmd_normalizer, x)
+    fake = _compute(x_hat_fake, dtype)
+    teacher = _compute(x_hat_teacher, dtype)
+    if not fake.shape == teacher.shape == x.shape:
+        raise ValueError(
+            f"x_hat_fake and x_hat_teacher must be shaped like x {x.shape}, got {fake.shape} "
+            f"and {teacher.shape}"
+        )
+    g = (fake - teacher) * _per_example(weight, x)
+    if normalize:
+        g = g * _per_example(dmd_normalizer(x, teacher), x)
     g = jax.lax.stop_gradient(g)
     return _sum_trailing(g * (x - jax.lax.stop_gradient(x)) + 0.5 * jnp.square(g))
+
+
+def gan_generator_loss(fake_logits: ArrayLike) -> jax.Array:
+    r"""Non-saturating GAN loss of the generator, ``softplus(-D(x_t))`` per example.
+
+    ``fake_logits`` are the discriminator's logits on noisy generated samples, computed *with*
+    the gradient flowing through ``x_t`` (and a frozen feature network) into the generator; the
+    discriminator's own parameters are held. FastGen adds it to the f-distill / DMD2 surrogate
+    with weight ``1e-3`` (CIFAR-10; ``3e-3`` ImageNet-64, as DMD2).
+
+    Args:
+      fake_logits: ``[B]``.
+    Returns:
+      ``[B]``.
+    """
+    return jax.nn.softplus(-_compute(fake_logits))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -433,45 +483,63 @@ def sim_generator_loss(
     x0: ArrayLike,
     eps: ArrayLike,
     sigma: ArrayLike,
-    teacher_score_fn: ScoreFn,
-    fake_score_fn: ScoreFn,
+    teacher_denoiser: DenoiseFn,
+    fake_denoiser: DenoiseFn,
     *,
     distance: str = "l2",
     c: float = 1.0,
+    space: str = "x0",
+    normalize: bool = True,
     weight: ArrayLike | None = None,
     sampling_term: bool = False,
 ) -> jax.Array:
-    r"""Score implicit matching (SIM) generator loss, per example.
+    r"""Score implicit matching (SIM) generator loss, per example, with SiD's weighting by default.
 
-    With ``x_t = x0 + sigma eps`` (``x0 = G_theta(z)``, *not* detached), ``y = s_p(x_t) -
-    s_psi(x_t)`` and ``grad log q_t(x_t | x0) = -eps / sigma``:
+    With ``x_t = x0 + sigma eps`` (``x0 = G_theta(z)``, *not* detached), the x0-predictions
+    ``x_hat_p = teacher_denoiser(x_t, sigma)``, ``x_hat_q = fake_denoiser(x_t, sigma)``,
+    ``Y = x_hat_p - x_hat_q = sigma^2 (s_p - s_psi)`` and ``x_hat_q - x0 = sigma^2 (s_psi +
+    eps / sigma)`` (Tweedie; ``-eps / sigma = grad log q_t(x_t | x0)``):
 
-        ``L = w d'(y)^T (s_psi(x_t) + eps / sigma)``     (+ ``w d(y)`` with ``sampling_term``)
+        ``space="x0"`` (default):   ``L = w d'(Y)^T (x_hat_q - x0)``   (+ ``w d(Y)``)
+        ``space="score"``:          ``L = w d'(y)^T (s_psi + eps / sigma)``, ``y = Y / sigma^2``
 
-    ``d = ||y||^2``, ``d' = 2y`` (``"l2"``; SiD with ``alpha = 1`` up to the factor and weighting)
-    or the pseudo-Huber ``d = sqrt(||y||^2 + c^2) - c``, ``d' = y / sqrt(||y||^2 + c^2)``.
+    with ``w = 1 / mean|x0 - x_hat_p|`` per sample (:func:`dmd_normalizer`; off with
+    ``normalize=False``) times ``weight``. ``d = ||.||^2``, ``d' = 2 .`` (``"l2"``) or the
+    pseudo-Huber ``d = sqrt(||.||^2 + c^2) - c``, ``d' = . / sqrt(||.||^2 + c^2)``.
 
-    ``teacher_score_fn(x_t, sigma)`` and ``fake_score_fn(x_t, sigma)`` are closures whose network
+    **Why the x0 form is SIM.** At one noise level, SIM with the distance
+    ``d_sigma(y) = d(sigma^2 y)`` has ``d_sigma'(y) = sigma^2 d'(sigma^2 y) = sigma^2 d'(Y)``, so
+    its surrogate ``d_sigma'(y)^T (s_psi + eps / sigma) = d'(Y)^T (x_hat_q - x0)``: the x0 form.
+    For ``"l2"``, ``d_sigma(y) = sigma^4 ||y||^2``: the score-space L2 weighted by ``sigma^4``,
+    which is SiD's loss with ``alpha = 1``: SiD (``sid_loss.py``) minimises
+    ``Y^T ((x_hat_p - x0) - alpha Y) / mean|x0 - x_hat_p|``, half of this with ``alpha = 1``
+    (``sampling_term=True`` gives twice SiD's ``alpha = 1/2``). For ``"pseudo_huber"``,
+    ``d_sigma(y) = sigma^2 (sqrt(||y||^2 + (c / sigma^2)^2) - c / sigma^2)``: SIM's pseudo-Huber
+    with constant ``c / sigma^2``, weighted by ``sigma^2``; ``c`` is in the data's units. Both
+    are per-noise-level SIM divergences (``d_sigma(0) = 0``, minimised only at ``y = 0``), so the
+    fixed point ``q_t = p_t`` is unchanged; the weighting of noise levels is SiD's, which the
+    SIM paper builds on. The normaliser ``w`` is a positive per-sample scale held constant, as in
+    SiD.
+
+    ``teacher_denoiser(x_t, sigma)`` and ``fake_denoiser(x_t, sigma)`` are closures whose network
     *parameters* the caller holds under ``stop_gradient``; the gradient flows through ``x_t`` into
-    both networks and through ``d'(y)`` (detaching ``d'`` gives a wrong gradient).
+    both networks, through ``x0`` and through ``d'`` (detaching ``d'`` gives a wrong gradient).
+    With ``x_hat_q`` exact at the current theta:
 
-    What the gradient is (verified against finite differences in the tests), with
-    ``s_psi = grad log q_t`` at the current theta:
-
-    - ``sampling_term=False`` (the SIM paper and METHODS.md): ``grad_theta E[L]`` is the gradient of
-      ``E_{x_t ~ pi}[w d(s_p(x_t) - s_{q_theta}(x_t))]`` with the sampling distribution ``pi``
-      held at the current ``q_t``: only the generator's score inside ``d`` moves.
-    - ``sampling_term=True``: adds ``w d(y)``, differentiated through ``x_t`` with the networks
-      held; ``grad_theta E[L]`` is then the full gradient of ``E_{x_t ~ q_t}[w d(s_p - s_q)]``
-      with ``q_t`` moving too. (For ``"l2"`` this is SiD's ``alpha = 1/2``.)
+    - ``sampling_term=False`` (the SIM paper): ``grad_theta E[L]`` is the gradient of
+      ``E_{x_t ~ pi}[w d(...)]`` with the sampling distribution ``pi`` held at the current ``q_t``.
+    - ``sampling_term=True``: adds ``w d(...)`` differentiated through ``x_t`` with the networks
+      held: the full gradient of ``E_{x_t ~ q_t}[w d(...)]`` with ``q_t`` moving too.
 
     Args:
       x0: ``[B, ...]`` generator samples. eps: ``[B, ...]`` standard normal noise. sigma: ``[B]`` or
         scalar ``> 0``.
-      teacher_score_fn, fake_score_fn: ``(x_t [B, ...], sigma [B]) -> [B, ...]``.
+      teacher_denoiser, fake_denoiser: ``(x_t [B, ...], sigma [B]) -> x0-prediction [B, ...]``.
       distance: ``"l2"`` or ``"pseudo_huber"``. c: pseudo-Huber constant ``> 0``.
-      weight: ``[B]`` or scalar ``w(t)``, held constant; ``None`` for 1.
-      sampling_term: add ``w d(y)`` (see above).
+      space: ``"x0"`` (SiD's weighting, the default) or ``"score"`` (unit weight on scores).
+      normalize: multiply by ``1 / mean|x0 - x_hat_p|`` (held constant).
+      weight: ``[B]`` or scalar extra weight, held constant; ``None`` for 1.
+      sampling_term: add ``d`` (see above).
     Returns:
       ``[B]``.
 
@@ -480,6 +548,8 @@ def sim_generator_loss(
       Matching; Zhou et al. (2024), Score identity Distillation (SiD).
     """
     _check_distance(distance, c)
+    if space not in ("x0", "score"):
+        raise ValueError(f"space must be one of x0, score; got {space!r}")
     dtype = _common_dtype(x0, eps, sigma)
     x0 = _compute(x0, dtype)
     eps = _compute(eps, dtype)
@@ -488,13 +558,17 @@ def sim_generator_loss(
     sigma = _compute(sigma, dtype)
     s = _per_example(sigma, x0)
     x_t = x0 + s * eps
-    s_teacher = _compute(teacher_score_fn(x_t, sigma), dtype)
-    s_fake = _compute(fake_score_fn(x_t, sigma), dtype)
-    y = s_teacher - s_fake
+    x_hat_p = _compute(teacher_denoiser(x_t, sigma), dtype)
+    x_hat_q = _compute(fake_denoiser(x_t, sigma), dtype)
+    y, inner = x_hat_p - x_hat_q, x_hat_q - x0
+    if space == "score":
+        y, inner = y / jnp.square(s), inner / jnp.square(s)
     value, d_prime = _distance_and_derivative(y, distance, c)
-    loss = _sum_trailing(d_prime * (s_fake + eps / s))
+    loss = _sum_trailing(d_prime * inner)
     if sampling_term:
         loss = loss + value
+    if normalize:
+        loss = loss * dmd_normalizer(x0, x_hat_p)
     if weight is not None:
         loss = loss * jax.lax.stop_gradient(_compute(weight, dtype))
     return loss

@@ -43,3 +43,40 @@ class NoiseClassifier(nn.Module, kw_only=True):
         for width in self.hidden:
             h = nn.silu(nn.Dense(width)(h))
         return nn.Dense(1)(h)[:, 0]
+
+
+class FeatureDiscriminator(nn.Module, kw_only=True):
+    """A logit head on a (frozen) denoiser's features: ``D(x_t, sigma) = head(features(x_t, sigma))``.
+
+    The official f-distill (NVlabs FastGen, ``Discriminator_EDM``) and DMD2 put the discriminator
+    on the encoder features of a diffusion network at the noisy input rather than on pixels. This
+    module is only the head; the caller computes the features (``ScoreMLP`` / ``ScoreCNN`` with
+    ``return_features=True``) under its own parameters. Vector features ``[B, C]``: SiLU MLP
+    ``hidden`` -> 1. Spatial features ``[B, *spatial, C]``: per width in ``hidden`` a 3x3 conv,
+    group norm and SiLU, then a spatial mean and a dense logit (FastGen's heads stride down to 1x1
+    with convolutions; the mean does the same for the 4x4 or smaller maps used here).
+
+    Attributes:
+      hidden: widths (channels) of the head's layers.
+    """
+
+    hidden: Sequence[int] = (128,)
+
+    @property
+    def has_batch_norm(self) -> bool:
+        return False
+
+    @nn.compact
+    def __call__(self, features: jax.Array, *, train: bool) -> jax.Array:
+        del train
+        h = features
+        for width in self.hidden:
+            if h.ndim > 2:
+                h = nn.Conv(width, (3,) * (h.ndim - 2))(h)
+                h = nn.GroupNorm(num_groups=min(32, width) if width % min(32, width) == 0 else 1)(h)
+            else:
+                h = nn.Dense(width)(h)
+            h = nn.silu(h)
+        if h.ndim > 2:
+            h = jnp.mean(h, axis=tuple(range(1, h.ndim - 1)))
+        return nn.Dense(1)(h)[:, 0]

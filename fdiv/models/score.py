@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fdiv.diffusion import per_sample
+from fdiv.diffusion import per_sample, score_from_denoiser
 from fdiv.models._common import check_int_sequence, check_positive_int, freeze_field
 
 __all__ = ["ScoreCNN", "ScoreMLP", "edm_preconditioning", "score_from_denoiser", "sigma_embedding"]
@@ -38,11 +38,6 @@ def edm_preconditioning(sigma, *, sigma_data: float):
     s2 = jnp.square(sigma)
     root = jnp.sqrt(s2 + sd2)
     return sd2 / (s2 + sd2), sigma * sigma_data / root, 1.0 / root, jnp.log(sigma) / 4.0
-
-
-def score_from_denoiser(denoised, x, sigma) -> jax.Array:
-    """Score ``(denoised - x) / sigma^2`` (Tweedie), ``sigma`` a scalar or ``[B]``."""
-    return (denoised - x) / jnp.square(per_sample(sigma, x))
 
 
 def sigma_embedding(c_noise: jax.Array, dim: int) -> jax.Array:
@@ -118,8 +113,12 @@ class ScoreMLP(nn.Module, kw_only=True):
         return False
 
     @nn.compact
-    def __call__(self, x: jax.Array, sigma, *, train: bool) -> jax.Array:
-        """Denoised ``x`` ``[B, d]``; ``sigma`` a scalar or ``[B]``; ``train`` is unused."""
+    def __call__(self, x: jax.Array, sigma, *, train: bool, return_features: bool = False):
+        """Denoised ``x`` ``[B, d]``; ``sigma`` a scalar or ``[B]``; ``train`` is unused.
+
+        With ``return_features``: ``(denoised, features)``, ``features`` the last hidden layer
+        ``[B, hidden[-1]]`` (what a discriminator head on this network reads).
+        """
         del train
         if x.ndim != 2:
             raise ValueError(f"ScoreMLP expects x of shape [B, d], got {x.shape}")
@@ -130,7 +129,8 @@ class ScoreMLP(nn.Module, kw_only=True):
         for width in self.hidden:
             h = nn.silu(nn.Dense(width)(h) + nn.Dense(width, use_bias=False)(emb))
         out = nn.Dense(x.shape[-1], kernel_init=nn.initializers.zeros)(h)
-        return c_skip[:, None] * x + c_out[:, None] * out
+        denoised = c_skip[:, None] * x + c_out[:, None] * out
+        return (denoised, h) if return_features else denoised
 
 
 class _FiLMBlock(nn.Module):
@@ -188,8 +188,13 @@ class ScoreCNN(nn.Module, kw_only=True):
         return False
 
     @nn.compact
-    def __call__(self, x: jax.Array, sigma, *, train: bool) -> jax.Array:
-        """Denoised ``x`` (same shape); ``sigma`` a scalar or ``[B]``; ``train`` is unused."""
+    def __call__(self, x: jax.Array, sigma, *, train: bool, return_features: bool = False):
+        """Denoised ``x`` (same shape); ``sigma`` a scalar or ``[B]``; ``train`` is unused.
+
+        With ``return_features``: ``(denoised, features)``, ``features`` the encoder's output at the
+        lowest resolution ``[B, *spatial / 2^(L-1), channels[-1]]`` (the bottleneck, where DMD2's
+        and FastGen's discriminator heads read).
+        """
         del train
         if x.ndim < 3:
             raise ValueError(f"ScoreCNN expects x of shape [B, *spatial, C], got {x.shape}")
@@ -212,10 +217,12 @@ class ScoreCNN(nn.Module, kw_only=True):
             if i < len(self.channels) - 1:
                 skips.append(h)
                 h = nn.avg_pool(h, window, strides=window)
+        features = h
         for ch in reversed(self.channels[:-1]):
             for axis in range(1, nsp + 1):
                 h = jnp.repeat(h, 2, axis=axis)
             h = jnp.concatenate([h, skips.pop()], axis=-1)
             h = _FiLMBlock(ch)(h, emb)
         out = nn.Conv(x.shape[-1], (3,) * nsp, kernel_init=nn.initializers.zeros)(nn.silu(h))
-        return per_sample(c_skip, x) * x + per_sample(c_out, x) * out
+        denoised = per_sample(c_skip, x) * x + per_sample(c_out, x) * out
+        return (denoised, features) if return_features else denoised
