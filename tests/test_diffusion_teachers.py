@@ -374,6 +374,53 @@ def test_score_from_denoiser():
         atol=1e-4,
     )
     assert models.score_from_denoiser(jnp.ones((2, 3)), jnp.zeros((2, 3)), 2.0).shape == (2, 3)
+    # Tweedie both ways: the score's x0-prediction is the exact denoiser.
+    np.testing.assert_allclose(
+        dif.denoised_from_score(mixture_score(RING, x, sigma=sigma), x, sigma),
+        mixture_denoiser(RING, x, sigma),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+
+
+def test_karras_sigma_sample_draws_schedule_levels_uniformly():
+    n_levels, rho = 1000, 7.0
+    a, b = 0.002 ** (1 / rho), 80.0 ** (1 / rho)
+    levels = (a + np.arange(n_levels) / (n_levels - 1) * (b - a)) ** rho  # ascending, numpy
+    sigma = np.asarray(dif.karras_sigma_sample(jax.random.key(0), 200_000), np.float64)
+    index = np.searchsorted(levels, sigma * (1 - 1e-6))
+    np.testing.assert_allclose(sigma, levels[index], rtol=1e-5)  # every draw is a level
+    assert index.min() == 2 and index.max() == 998  # FastGen: int(0.002 N) .. int(0.998 N)
+    counts = np.bincount(index, minlength=n_levels)[2:999]
+    assert stats.chisquare(counts).pvalue > 1e-3  # uniform over the 997 indices
+    assert 2.2 < np.median(sigma) < 2.9  # the median level is about 2.5
+    # SiD's t_max = 800: sigma up to (0.8 b + 0.2 a)^rho = 24.4 (here level 800 of 1000: 24.5).
+    sid = dif.karras_sigma_sample(jax.random.key(1), 10_000, index_range=(0.0, 0.8))
+    assert float(sid.max()) <= levels[800] * (1 + 1e-6) and abs(levels[800] - 24.4) < 0.2
+    with pytest.raises(ValueError, match="index_range"):
+        dif.karras_sigma_sample(jax.random.key(0), 4, index_range=(0.9, 0.1))
+    with pytest.raises(ValueError, match="sigma_min < sigma_max"):
+        dif.karras_sigma_sample(jax.random.key(0), 4, sigma_min=1.0, sigma_max=0.5)
+
+
+@pytest.mark.parametrize(
+    "module, shape, feature_shape",
+    [
+        (models.ScoreMLP(hidden=(16, 8)), (2,), (8,)),
+        (models.ScoreCNN(channels=(8, 16)), (8, 8, 1), (4, 4, 16)),
+    ],
+)
+def test_denoiser_features_and_the_discriminator_head_on_them(module, shape, feature_shape):
+    from fdiv.models.critic import FeatureDiscriminator
+
+    x = jax.random.normal(KEY, (3, *shape))
+    params = module.init(KEY, x, jnp.ones(3), train=False)
+    denoised, features = module.apply(params, x, jnp.ones(3), train=False, return_features=True)
+    assert features.shape == (3, *feature_shape)
+    np.testing.assert_array_equal(denoised, module.apply(params, x, jnp.ones(3), train=False))
+    head = FeatureDiscriminator(hidden=(8,))
+    logits = head.apply(head.init(KEY, features, train=False), features, train=False)
+    assert logits.shape == (3,) and np.all(np.isfinite(logits))
 
 
 RING_SIGMA_DATA = float(np.sqrt(4.0**2 / 2 + 0.25**2))  # per-coordinate std of the ring
