@@ -26,6 +26,7 @@ TEST = [
     "pytest-xdist>=3.5",
     "hypothesis>=6.100",
     "scipy>=1.12",
+    "mpmath>=1.3",
     "ruff>=0.6",
     *NOTEBOOKS,
 ]

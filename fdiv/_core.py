@@ -40,26 +40,35 @@ def _generic_terms(g: gen.Generator, lp, lq, p, q) -> DivergenceTerms:
     Where ``p <= q`` the term is ``q f(p/q)``; where ``p > q`` it is ``p f_dual(q/p)`` with
     ``f_dual(v) = v f(1/v)`` (classes absent from both: see :func:`divergence_terms`); ``q = 0 < p`` gives
     ``p f'(inf)`` (``+inf`` for unbounded ``f``), ``p = 0 < q`` gives ``q f(0)``.
+
+    Every product has the *larger* probability as its factor: the derivative term of the smaller
+    one is ``small f'(w) = big (w f'(w))`` with ``w = small / big``, and ``w f'(w)`` is formed from
+    ``log w`` in closed form. (``small * f'(w)`` is ``0 * inf`` once ``|log(p/q)|`` passes the float
+    range, which lost e.g. Jeffreys' ``-big`` limit: ``small`` underflows to 0 while its log is
+    finite.) A class whose log-probability is ``-inf`` gets exactly 0.
     """
     below = lp <= lq
-    log_u = jnp.where(below, lp - lq, 0.0)  # <= 0, -inf where p = 0 < q
-    log_v = jnp.where(below, 0.0, lq - lp)  # <= 0, -inf where q = 0 < p
+    big = jnp.where(below, q, p)
+    log_w = -jnp.abs(lp - lq)  # log(small / big) <= 0; -inf where small = 0
+
+    def small_times_f_prime(h):  # small * h'(w) = big * w h'(w); exactly 0 at a -inf logit
+        return jnp.where(log_w == -jnp.inf, 0.0, big * h._u_f_prime_normalized(log_w))
+
     dual = g.dual
     if dual == g:
         # Self-dual f (JS, Hellinger, TV, Jeffreys, triangular ...): f_dual = f, so one evaluation
-        # at log(min(p, q) / max(p, q)) = log_u + log_v serves both branches.
-        log_w = -jnp.abs(lp - lq)  # = log_u + log_v
-        f_w, fp_w = g._f_normalized(log_w), g._f_prime_normalized(log_w)
-        big, small = jnp.where(below, q, p), jnp.where(below, p, q)
-        term = nx.mul0(big, f_w)
-        d_small = nx.mul0(small, fp_w)  # small * d term / d small
+        # at log(min(p, q) / max(p, q)) serves both branches.
+        term = nx.mul0(big, g._f_normalized(log_w))
+        d_small = small_times_f_prime(g)
         d_big = term - d_small
         dp, dq = jnp.where(below, d_small, d_big), jnp.where(below, d_big, d_small)
         return DivergenceTerms(term, dp, dq)
+    log_u = jnp.where(below, log_w, 0.0)  # log(p/q) where p <= q
+    log_v = jnp.where(below, 0.0, log_w)  # log(q/p) where p > q
     term_a = nx.mul0(q, g._f_normalized(log_u))
-    dp_a = nx.mul0(p, g._f_prime_normalized(log_u))
+    dp_a = small_times_f_prime(g)  # p f'(u)
     term_b = nx.mul0(p, dual._f_normalized(log_v))
-    dq_b = nx.mul0(q, dual._f_prime_normalized(log_v))
+    dq_b = small_times_f_prime(dual)  # q f_dual'(v)
     term = jnp.where(below, term_a, term_b)
     dp = jnp.where(below, dp_a, term_b - dq_b)  # p d/dp [p f_dual(q/p)] = p f_dual - q f_dual'
     dq = jnp.where(below, term_a - dp_a, dq_b)  # q d/dq [q f(p/q)] = q f - p f'
@@ -215,9 +224,17 @@ def value_and_logit_grads(g, p_logits, q_logits, *, need_p=True, need_q=True):
     lp, p = nx.log_softmax_and_softmax(p_logits)
     lq, q = nx.log_softmax_and_softmax(q_logits)
     term, dp, dq = divergence_terms(g, lp, lq, p, q)
-    grad_p = dp - p * jnp.sum(dp, axis=-1, keepdims=True) if need_p else None
-    grad_q = dq - q * jnp.sum(dq, axis=-1, keepdims=True) if need_q else None
-    return _sum_terms(term), grad_p, grad_q
+    # A row whose logits are all -inf is no distribution: NaN, as jax.nn.log_softmax gives. Its
+    # gradient is 0 so that a caller who masks such rows out does not get NaN gradients.
+    empty = jnp.all(lp == -jnp.inf, axis=-1, keepdims=True)
+    empty = empty | jnp.all(lq == -jnp.inf, axis=-1, keepdims=True)
+
+    def logit_grad(d, prob):
+        return jnp.where(empty, 0.0, d - prob * jnp.sum(d, axis=-1, keepdims=True))
+
+    grad_p = logit_grad(dp, p) if need_p else None
+    grad_q = logit_grad(dq, q) if need_q else None
+    return jnp.where(empty[..., 0], jnp.nan, _sum_terms(term)), grad_p, grad_q
 
 
 # ------------------------------------------------------------------------------------------------

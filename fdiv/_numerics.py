@@ -25,6 +25,15 @@ def compute_dtype(*arrays) -> jnp.dtype:
     return jnp.dtype(dtype)
 
 
+def check_logits(fn: str, *arrays, axis: int = -1) -> None:
+    """Reject what a softmax cannot be taken of: complex values and an empty class axis."""
+    for a in arrays:
+        if jnp.iscomplexobj(a):
+            raise TypeError(f"{fn}: logits must be real, got {jnp.result_type(a)}")
+        if a.ndim and a.shape[axis] == 0:
+            raise ValueError(f"{fn}: the class axis is empty (logits of shape {a.shape})")
+
+
 def in_compute_dtype(*arrays) -> list[jax.Array]:
     """The arrays cast to one :func:`compute_dtype` (float32 at least; float64 stays float64)."""
     arrays = [jnp.asarray(a) for a in arrays]

@@ -63,7 +63,13 @@ def divergence(
         To drop whole examples (padding tokens), reduce the per-example output with your own mask.
 
     Returns:
-      ``[...]``: the divergence per example (the class axis removed), in the input dtype.
+      ``[...]``: the divergence per example (the class axis removed), in the input dtype; NaN for
+      a row where P or Q has no class at all (every logit ``-inf``, as ``jax.nn.log_softmax``), with
+      gradient 0 there.
+
+    Raises:
+      TypeError: for complex logits. ValueError: for an empty class axis or shapes that do not
+      broadcast.
 
     References:
       Csiszar (1967); Ali and Silvey (1966); Liese and Vajda, "On divergences and informations in
@@ -72,6 +78,7 @@ def divergence(
     g = gen.resolve(name_or_generator)
     p_logits = jnp.asarray(p_logits)
     q_logits = jnp.asarray(q_logits)
+    nx.check_logits("divergence", p_logits, q_logits, axis=axis)
     try:
         shape = jnp.broadcast_shapes(p_logits.shape, q_logits.shape)
     except ValueError as err:

@@ -209,6 +209,9 @@ def fused_divergence(
     q = jnp.asarray(q_logits)
     if q.ndim < 1:
         raise ValueError("fused_divergence: q_logits need a class axis")
+    nx.check_logits("fused_divergence", q)
+    if not isinstance(p_logits, TopKTeacher):
+        nx.check_logits("fused_divergence", jnp.asarray(p_logits))
     batch, vocab = q.shape[:-1], q.shape[-1]
     chunk = default_chunk_rows(vocab) if chunk_rows is None else int(chunk_rows)
     if chunk < 1:

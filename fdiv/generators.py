@@ -131,6 +131,19 @@ class Generator(abc.ABC):
         c = self.f_prime_at_one
         return self._f_prime(log_u) if c == 0 else self._f_prime(log_u) - c
 
+    def _u_f_prime_normalized(self, log_u):
+        c = self.f_prime_at_one
+        value = self._u_f_prime(log_u)
+        return value if c == 0 else value - c * jnp.exp(log_u)
+
+    def _u_f_prime(self, log_u):
+        """``u f'(u) = d f / d log u``: the factor the categorical rule multiplies the larger
+        probability by (``p f'(p/q) = q u f'(u)``), so that a ratio beyond the float range does not
+        leave ``0 * inf``. This default is exact where ``lim_{u->0} u f'(u) = 0`` (every ``f`` with
+        finite ``f(0+)``); generators whose ``f'`` grows like ``1/u`` override it in closed form.
+        """
+        return nx.mul0(jnp.exp(log_u), self._f_prime(log_u))
+
     def _slope_at_infinity(self, like):
         """``f'(inf) = lim f(u)/u``, which is ``dual.f(0+)``, shaped like ``like``."""
         return self.dual._f(jnp.full_like(like, -jnp.inf))
@@ -182,6 +195,10 @@ class _Dual(Generator):
         safe = jnp.where(at_zero, 0.0, log_v)
         value = self.base._f(-safe) - jnp.exp(-safe) * self.base._f_prime(-safe)
         return jnp.where(at_zero, -jnp.inf, value)
+
+    def _u_f_prime(self, log_v):
+        # v f_dual'(v) = v f(1/v) - f'(1/v) = f_dual(v) - f'(1/v)
+        return self._f(log_v) - self.base._f_prime(-log_v)
 
     def _weight(self, log_r):
         # f_dual''(v) = f''(1/v) / v^3, so h_dual(r) = f''(1/r) / r = r h(1/r)
@@ -236,6 +253,9 @@ class ReverseKL(Generator):
 
     def _f_prime(self, l):
         return -jnp.exp(-l)
+
+    def _u_f_prime(self, l):
+        return jnp.full_like(l, -1.0)
 
     def _f_double_prime(self, l):
         return jnp.exp(-2.0 * l)
@@ -313,6 +333,11 @@ class SkewJS(Generator):
         if self.normalize and b in (0.0, 1.0):
             return l if b == 0 else -jnp.expm1(-l)
         return -b * self._log_m_over_u(l) * self.scale
+
+    def _u_f_prime(self, l):
+        if self.normalize and self.beta == 1.0:
+            return jnp.expm1(l)  # u (1 - 1/u)
+        return super()._u_f_prime(l)
 
     def _f_double_prime(self, l):
         b = self.beta
@@ -392,6 +417,9 @@ class SquaredHellinger(Generator):
 
     def _f_prime(self, l):
         return -jnp.expm1(-0.5 * l)
+
+    def _u_f_prime(self, l):
+        return jnp.exp(0.5 * l) * jnp.expm1(0.5 * l)  # u - sqrt(u)
 
     def _f_double_prime(self, l):
         return 0.5 * jnp.exp(-1.5 * l)
@@ -481,6 +509,9 @@ class Neyman(Generator):
     def _f_prime(self, l):
         return -jnp.expm1(-2.0 * l)
 
+    def _u_f_prime(self, l):
+        return 2.0 * jnp.sinh(l)  # u - 1/u
+
     def _f_double_prime(self, l):
         return 2.0 * jnp.exp(-3.0 * l)
 
@@ -512,6 +543,9 @@ class Jeffreys(Generator):
 
     def _f_prime(self, l):
         return l - jnp.expm1(-l)
+
+    def _u_f_prime(self, l):
+        return nx.xexpx(l) + jnp.expm1(l)  # u log u + u - 1
 
     def _f_double_prime(self, l):
         return jnp.exp(-l) + jnp.exp(-2.0 * l)
@@ -588,23 +622,27 @@ class Alpha(Generator):
 
     def _f(self, l):
         a = self.alpha
-        if a == 1.0:
-            return nx.xexpx(l) - jnp.expm1(l)
         if a < 0.5:
             # [expm1(a l)/a - expm1(l)] / (a - 1): exact for a near 0.
             return (nx.expm1_over(a, l) - jnp.expm1(l)) / (a - 1.0)
-        # [u (u^(a-1) - 1)/(a - 1) - (u - 1)] / a: exact for a near 1. u (u^(a-1) - 1) is written
-        # as exp(a l) - exp(l) once |(a - 1) l| > 1, where it cannot cancel and cannot give 0 * inf.
-        e = a - 1.0
+        # [u f'(u) - (u - 1)] / a: exact for a near 1 (u f'(u) below never cancels or gives 0 * inf).
+        return (self._u_f_prime(l) - jnp.expm1(l)) / a
+
+    def _f_prime(self, l):
+        return nx.expm1_over(self.alpha - 1.0, l)
+
+    def _u_f_prime(self, l):
+        # u (u^(a-1) - 1) / (a - 1): exp(l) expm1_over(a - 1, l) while |(a - 1) l| <= 1 (no
+        # cancellation near a = 1), (exp(a l) - exp(l)) / (a - 1) beyond (no overflow, no 0 * inf).
+        e = self.alpha - 1.0
+        if e == 0:
+            return nx.xexpx(l)
         far = jnp.abs(e * l) > 1.0
         l_near = jnp.where(far, 0.0, l)
         l_far = jnp.where(far, l, 0.0)
         near = jnp.exp(l_near) * nx.expm1_over(e, l_near)
-        far_val = (jnp.exp(a * l_far) - jnp.exp(l_far)) / e
-        return (jnp.where(far, far_val, near) - jnp.expm1(l)) / a
-
-    def _f_prime(self, l):
-        return nx.expm1_over(self.alpha - 1.0, l)
+        far_val = (jnp.exp(self.alpha * l_far) - jnp.exp(l_far)) / e
+        return jnp.where(far, far_val, near)
 
     def _f_double_prime(self, l):
         return jnp.ones_like(l) if self.alpha == 2 else jnp.exp((self.alpha - 2.0) * l)
@@ -746,6 +784,9 @@ class SkewReverseKL(Generator):
 
     def _f_prime(self, l):
         return -(1.0 - self.lam) * jnp.exp(-self._log_m(l))
+
+    def _u_f_prime(self, l):
+        return -(1.0 - self.lam) * jnp.exp(l - self._log_m(l))
 
     def _f_double_prime(self, l):
         return (1.0 - self.lam) ** 2 * jnp.exp(-2.0 * self._log_m(l))

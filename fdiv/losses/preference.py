@@ -111,16 +111,22 @@ def _check(beta: float | None, max_exponent: float) -> None:
         raise ValueError(f"max_exponent must be > 0, got {max_exponent}")
 
 
+def _clamp(x, lo, hi):
+    """``clip(x, lo, hi)`` whose gradient is 1 at the bounds themselves (``jnp.minimum`` and
+    ``jnp.clip`` split a tie and give 1/2 there)."""
+    return jnp.where(x > hi, hi, jnp.where(x < lo, lo, x))
+
+
 def _psi(log_u: jax.Array, kind: str | gen.Generator, alpha: float, max_exponent: float):
     if kind == "reverse_kl":
         return log_u
     if kind == "forward_kl":
-        return -jnp.exp(jnp.minimum(-log_u, max_exponent))
+        return -jnp.exp(_clamp(-log_u, -jnp.inf, max_exponent))
     if kind == "js":
         return _LOG2 - jax.nn.softplus(-log_u)
     if kind == "alpha":
-        return -jnp.exp(jnp.minimum(-alpha * log_u, max_exponent)) / alpha
-    return kind.f_prime(jnp.clip(log_u, -max_exponent, max_exponent))
+        return -jnp.exp(_clamp(-alpha * log_u, -jnp.inf, max_exponent)) / alpha
+    return kind.f_prime(_clamp(log_u, -max_exponent, max_exponent))
 
 
 def psi(
