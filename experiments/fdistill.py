@@ -133,8 +133,13 @@ def plot_extent(mix) -> tuple[float, float, float, float]:
     return (float(lo[0]), float(hi[0]), float(lo[1]), float(hi[1]))
 
 
-def sample_sigma(key, n, config) -> jax.Array:
-    """``[n]`` noise levels of every update (critics, generator, teacher): ``config.noise``.
+# The Karras indices the teacher is trained on, whatever range a distillation method samples.
+TEACHER_INDEX_RANGE = (0.002, 0.998)
+
+
+def sample_sigma(key, n, config, *, index_range=None) -> jax.Array:
+    """``[n]`` noise levels of every update (critics, generator, teacher): ``config.noise``
+    (``index_range`` overrides ``config.noise.index_range``: the teacher's levels).
 
     ``"karras"`` (official): uniform over the indices of a 1000-level Karras schedule (FastGen's
     ``polynomial`` time distribution); ``"log_uniform"``: log-uniform on ``[sigma_min, sigma_max]``.
@@ -143,11 +148,20 @@ def sample_sigma(key, n, config) -> jax.Array:
     if noise.distribution == "karras":
         return diffusion.karras_sigma_sample(
             key, n, sigma_min=noise.sigma_min, sigma_max=noise.sigma_max, rho=noise.rho,
-            index_range=tuple(noise.index_range),
+            index_range=tuple(noise.index_range if index_range is None else index_range),
         )  # fmt: skip
     u = jax.random.uniform(key, (n,))
     lo, hi = jnp.log(noise.sigma_min), jnp.log(noise.sigma_max)
     return jnp.exp(lo + u * (hi - lo))
+
+
+def optimizer_updates(config) -> dict[str, int]:
+    """Optimiser updates each network receives over the run: the critics update ``critic_steps``
+    times per generator update, so their schedules span that many (a cosine over the generator's
+    count alone reached 0 a quarter of the way through with 4 critic steps)."""
+    total = config.train.total_steps
+    critic = total * config.critic_steps
+    return {"generator": total, "fake_score": critic, "discriminator": critic}
 
 
 def make_optimizer(opt_config, total_steps) -> optax.GradientTransformation:
@@ -172,9 +186,12 @@ def _denoiser_module(config, shape):
 
 
 def _stage_config_json(config, **fields) -> str:
-    """The config of a first stage: only what decides its result (so stages can be shared)."""
+    """The config of a first stage: only what decides its result (so stages can be shared; a
+    differing field is refused by the trainer). ``noise.index_range`` is the distillation's own
+    (SiD's SIM samples fewer levels): the teacher trains on :data:`TEACHER_INDEX_RANGE`."""
     keys = ("dataset", "sigma_data", "noise", "network", "teacher", "mixture", "num_real_samples")
     out = {k: config[k].to_dict() if hasattr(config[k], "to_dict") else config[k] for k in keys}
+    out["noise"] = {k: v for k, v in out["noise"].items() if k != "index_range"}
     out.update(seed=config.train.seed, batch_size=config.train.batch_size, **fields)
     return json.dumps(out, sort_keys=True, default=list)
 
@@ -195,7 +212,7 @@ def train_teacher(config, workdir, denoiser, x) -> Any:
     def loss(params, model_state, batch, key):
         k1, k2 = jax.random.split(key)
         x0 = batch["inputs"]
-        sigma = sample_sigma(k1, x0.shape[0], config)
+        sigma = sample_sigma(k1, x0.shape[0], config, index_range=TEACHER_INDEX_RANGE)
         x_t = x0 + diffusion.per_sample(sigma, x0) * jax.random.normal(k2, x0.shape)
         denoised = denoiser.apply({"params": params["teacher"]}, x_t, sigma, train=True)
         value = jnp.mean(
@@ -617,9 +634,9 @@ def build_task(config: ml_collections.ConfigDict, workdir: str = "") -> tuple[Ta
         return loss, (updates, extra)
 
     critics = ("fake_score", "discriminator") if use_discriminator else ("fake_score",)
-    total = config.train.total_steps
-    optimizers = {name: make_optimizer(config.critic_optimizer, total) for name in critics}
-    optimizers["generator"] = make_optimizer(config.generator_optimizer, total)
+    counts = optimizer_updates(config)
+    optimizers = {name: make_optimizer(config.critic_optimizer, counts[name]) for name in critics}
+    optimizers["generator"] = make_optimizer(config.generator_optimizer, counts["generator"])
 
     def predict(params, model_state, batch):
         return {"samples": generate(params, batch["inputs"])}

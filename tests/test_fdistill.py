@@ -94,6 +94,28 @@ def test_grad_share_by_hand():
     assert float(fdistill.grad_share(jnp.zeros((2, 2)), sigma[:2], 1.0)) == 0.0
 
 
+def test_cosine_schedules_span_each_networks_own_updates():
+    """The critics update critic_steps times per generator update; their cosine must reach 0 at
+    the end of the run, not after total_steps critic updates (a quarter of the run with 4)."""
+    c = importlib.import_module("configs.fdistill_mog").get_config()
+    c.critic_optimizer.schedule = "cosine"
+    counts = fdistill.optimizer_updates(c)
+    assert counts["generator"] == c.train.total_steps == 3000
+    assert counts["fake_score"] == counts["discriminator"] == 3000 * c.critic_steps == 12000
+
+    def update_sizes(num_updates, steps):  # |w change| per step with a cosine over num_updates
+        opt = fdistill.make_optimizer(c.critic_optimizer, num_updates)
+        w, state, sizes = jnp.ones(()), None, []
+        state = opt.init(w)
+        for _ in range(steps):
+            u, state = opt.update(jnp.ones(()), state, w)
+            w, sizes = w + u, sizes + [abs(float(u))]
+        return sizes
+
+    assert update_sizes(4, 5)[4] == 0.0  # the cosine has reached 0 after its 4 updates
+    assert update_sizes(8, 5)[4] > 0.0
+
+
 def test_score_space_update_puts_its_weight_on_small_noise_levels(tmp_path, stages):
     # The diagnostic that would have caught the old deviation: from the same initial state, the
     # score-space update draws most of its norm from sigma < 1, the official one far less.
