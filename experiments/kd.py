@@ -15,6 +15,7 @@ are ordinary trainer runs: each resumes from its own checkpoints.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -213,6 +214,17 @@ def _mean_metrics(**values) -> dict[str, jax.Array]:
     return {k: jnp.mean(v) for k, v in values.items()}
 
 
+def teacher_config_json(config) -> str:
+    """The teacher stage's config: only what decides the teacher, so that runs differing in the
+    student's settings share one teacher (``teacher_workdir``) and a changed teacher is refused."""
+    keys = ("dataset", "data_dir", "augment", "teacher", "teacher_steps", "teacher_optimizer")
+    stage = {k: config[k].to_dict() if hasattr(config[k], "to_dict") else config[k] for k in keys}
+    train_fields = {k: config.train[k] for k in ("seed", "batch_size", "eval_batch_size")}
+    return json.dumps(
+        {"stage": "teacher", **stage, "train": train_fields}, sort_keys=True, default=list
+    )
+
+
 def teacher_task(config, nets: Networks, train_data, eval_data) -> Task:
     """Cross-entropy training of the teacher alone (offline KD's first stage)."""
 
@@ -339,7 +351,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             teacher_task(config, nets, train_data, eval_data),
             teacher_train_config(config),
             teacher_dir,
-            config_json=config_json,
+            config_json=teacher_config_json(config),
         )
         # Host copies: they become constants of the student's init (fine in multi-process runs too).
         teacher_params = parallel.to_host(result.state.params["teacher"])

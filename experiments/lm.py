@@ -159,7 +159,15 @@ def train_base(
         train_data=ArrayDict(context=context, tokens=tokens),
     )
     cfg = train_config(config, total_steps=config.base.steps, batch_size=config.base.batch_size)
-    return parallel.to_host(train(task, cfg, base_dir).state.params["policy"])
+    # The stage's config: what decides the base policy (runs sharing base.workdir must agree).
+    stage = {k: config[k] for k in ("experiment", "vocab_size", "length")}
+    stage.update({k: config[k].to_dict() for k in ("language", "model")})
+    stage["base"] = {k: v for k, v in config.base.to_dict().items() if k != "workdir"}
+    stage["train"] = {"seed": config.train.seed}
+    config_json = json.dumps({"stage": "base", **stage}, sort_keys=True, default=list)
+    return parallel.to_host(
+        train(task, cfg, base_dir, config_json=config_json).state.params["policy"]
+    )
 
 
 def divergences_to(log_target, log_model, prefix: str = "") -> dict[str, float]:

@@ -57,12 +57,34 @@ def main(argv) -> None:
     except ValueError as e:
         print(f"error: invalid config: {e}", file=sys.stderr)
         sys.exit(2)
-    summary = experiment.run(config, _WORKDIR.value)
+    import json
+
+    from fdiv.train import workdir as wd
+
+    # One workdir, one run: refuse a different config before any stage computes, and hold the
+    # workdir for the whole run (the stages inside take the same lock again).
+    try:
+        lock = wd.WorkdirLock(_WORKDIR.value).acquire() if jax_process_index() == 0 else None
+        wd.check_config(_WORKDIR.value, json.loads(config.to_json_best_effort(sort_keys=True)))
+    except (wd.ConfigMismatchError, wd.WorkdirBusyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(3)
+    try:
+        summary = experiment.run(config, _WORKDIR.value)
+    finally:
+        if lock is not None:
+            lock.release()
 
     import jax
 
     if jax.process_index() == 0:
         print(experiment.format_summary(summary))
+
+
+def jax_process_index() -> int:
+    import jax
+
+    return jax.process_index()
 
 
 def _unknown_fields(argv: list[str]) -> list[str]:

@@ -279,7 +279,9 @@ def run_config_two_steps(config_name, tmp_path, tfds_mock, **networks):
     with mock(8):
         summary = kd_experiment.run(c, str(tmp_path))
     assert summary["step"] == 2 and np.isfinite(summary["eval/student/nll"])
-    return json.load(open(tmp_path / "teacher" / "config.json"))
+    teacher_stage = json.load(open(tmp_path / "teacher" / "config.json"))
+    assert teacher_stage["stage"] == "teacher" and "optimizer" not in teacher_stage  # its fields
+    return json.load(open(tmp_path / "config.json"))
 
 
 def test_mnist1d_config_runs_two_steps(tmp_path, tfds_mock):

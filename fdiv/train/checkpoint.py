@@ -1,12 +1,16 @@
 """Orbax checkpoints of a :class:`~fdiv.train.state.TrainState` under ``workdir/checkpoints``.
 
 Orbax writes each step to a temporary directory and renames it when complete, so a run killed in the
-middle of a save leaves the previous checkpoint as the latest one. The typed PRNG key is stored as
-its raw ``key_data`` and re-wrapped on restore.
+middle of a save leaves the previous checkpoint as the latest one. Once a save has finished, a
+SHA-256 of its files is written beside it (``<step>.sha256``); :meth:`Checkpointer.restore_latest`
+skips a step whose files no longer match it, or that fails to restore (a stray or incomplete
+folder), and falls back to the previous one, saying so. The typed PRNG key is stored as its raw
+``key_data`` and re-wrapped on restore.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 import jax
@@ -32,10 +36,24 @@ class Checkpointer:
 
     def __init__(self, directory: str, *, keep: int = 2):
         self.directory = os.path.abspath(directory)
+        self.stray = self._set_aside_stray_steps()
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
         )
+
+    def _set_aside_stray_steps(self) -> list[str]:
+        """Rename step folders orbax never finished (no ``_CHECKPOINT_METADATA``: a stray copy, a
+        crashed tool) to ``<step>.stray``, so they are neither restored nor mistaken for steps."""
+        if jax.process_index() != 0 or not os.path.isdir(self.directory):
+            return []
+        moved = []
+        for name in sorted(os.listdir(self.directory)):
+            path = os.path.join(self.directory, name)
+            if name.isdigit() and not os.path.exists(os.path.join(path, "_CHECKPOINT_METADATA")):
+                os.replace(path, path + ".stray")
+                moved.append(name)
+        return moved
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -44,7 +62,63 @@ class Checkpointer:
         """Save ``state`` (at host step ``step``) unless that step is already saved."""
         if self._manager.latest_step() == step:
             return False
+        self._seal_finished()
         return self._manager.save(step, args=ocp.args.StandardSave(_to_storable(state)), force=True)
+
+    def _digest(self, step: int) -> str:
+        root = os.path.join(self.directory, str(step))
+        h = hashlib.sha256()
+        for folder, dirs, files in sorted(os.walk(root)):
+            dirs.sort()
+            for name in sorted(files):
+                path = os.path.join(folder, name)
+                h.update(os.path.relpath(path, root).encode() + b"\0")
+                with open(path, "rb") as f:
+                    for block in iter(lambda: f.read(1 << 20), b""):
+                        h.update(block)
+        return h.hexdigest()
+
+    def _seal_finished(self) -> None:
+        """Write the checksum of every finished step that lacks one (process 0 only)."""
+        if jax.process_index() != 0:
+            return
+        self._manager.wait_until_finished()
+        for step in self._manager.all_steps():
+            path = os.path.join(self.directory, f"{step}.sha256")
+            if not os.path.exists(path):
+                tmp = path + ".tmp"
+                with open(tmp, "w") as f:
+                    f.write(self._digest(step))
+                os.replace(tmp, path)
+
+    def _verified(self, step: int) -> bool | None:
+        """True / False where a checksum was written, None where the run stopped before it."""
+        path = os.path.join(self.directory, f"{step}.sha256")
+        if not os.path.exists(path):
+            return None
+        with open(path) as f:
+            return f.read().strip() == self._digest(step)
+
+    def restore_latest(self, like: TrainState) -> tuple[TrainState | None, int | None, list[str]]:
+        """The latest step that verifies and restores: ``(state, step, messages)``, or
+        ``(None, None, messages)`` if none does; each skipped step is named with the reason."""
+        messages = [
+            f"checkpoint step {name} is an unfinished folder; set aside as {name}.stray"
+            for name in self.stray
+        ]
+        for step in sorted(self._manager.all_steps(), reverse=True):
+            if self._verified(step) is False:
+                messages.append(
+                    f"checkpoint step {step} is corrupt (its files do not match {step}.sha256); skipping it"
+                )
+                continue
+            try:
+                return self.restore(like, step), step, messages
+            except Exception as err:  # noqa: BLE001 -- any unreadable checkpoint is skipped
+                messages.append(
+                    f"checkpoint step {step} cannot be restored ({type(err).__name__}: {str(err)[:200]}); skipping it"
+                )
+        return None, None, messages
 
     def restore(self, like: TrainState, step: int | None = None) -> TrainState:
         """Restore ``step`` (default: latest) with the shapes, dtypes and shardings of ``like``."""
@@ -57,10 +131,10 @@ class Checkpointer:
         return restored.replace(key=jax.random.wrap_key_data(restored.key, impl=key_impl))
 
     def wait(self) -> None:
-        self._manager.wait_until_finished()
+        self._seal_finished()
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
+        self._seal_finished()
         self._manager.close()
 
 

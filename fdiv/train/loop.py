@@ -17,11 +17,13 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
 from fdiv import data as fdata
 from fdiv.train import parallel
+from fdiv.train import workdir as wd
 from fdiv.train.checkpoint import Checkpointer
 from fdiv.train.state import TrainState, Update, init_state, make_train_step
 from fdiv.train.writers import RunWriter
@@ -192,21 +194,65 @@ def _check_finite(step: int, metrics: Mapping[str, float]) -> None:
             )
 
 
+@jax.jit
+def _finite_parts(state: TrainState) -> dict[str, jax.Array]:
+    """Whether every floating leaf of the params / optimiser state / model state is finite."""
+
+    def finite(tree):
+        leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+        return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])) if leaves else True
+
+    return {
+        "params": finite(state.params),
+        "opt_state": finite(state.opt_state),
+        "model_state": finite(state.model_state),
+    }
+
+
+def _check_state_finite(step: int, state: TrainState) -> None:
+    """Never save a non-finite state (checked at checkpoint cadence only: one host sync)."""
+    for part, ok in parallel.to_host(_finite_parts(state)).items():
+        if not bool(ok):
+            raise NonFiniteError(
+                f"non-finite values in the {part} at step {step}; not saved, stopping (the last "
+                "checkpoint predates this step and is intact)"
+            )
+
+
 def train(
     task: Task, config: TrainConfig, workdir: str, *, config_json: str | None = None
 ) -> TrainResult:
     """Train ``task`` to ``config.total_steps`` in ``workdir``, resuming from its latest checkpoint.
 
-    Writes ``config.json`` (if given), ``metrics.jsonl``, ``summary.json`` and checkpoints under
-    ``workdir/checkpoints``; only process 0 writes files other than checkpoints.
+    Writes ``config.json`` (``config_json``, else the trainer's settings), ``metrics.jsonl``,
+    ``summary.json`` and checkpoints under ``workdir/checkpoints``; only process 0 writes files
+    other than checkpoints. The workdir holds one run (:mod:`fdiv.train.workdir`): a different
+    config is refused before compute (extending ``train.total_steps`` is allowed and recorded in
+    ``extensions.jsonl``), a second process is refused while this one runs, and on resume
+    ``metrics.jsonl`` is cut back to the restored step so that it reads as one uninterrupted run.
 
     Raises:
-      ValueError: a bad setting (before anything is computed).
+      ValueError: a bad setting (before anything is computed); ConfigMismatchError (a
+        ValueError) for a workdir that holds a different run.
+      WorkdirBusyError: another process is training in ``workdir``.
       NonFiniteError: a train metric became NaN/inf; names the step and the metric.
     """
     config.validate()
     if (task.eval_data is None) != (task.predict is None):
         raise ValueError("Task.eval_data and Task.predict go together: give both or neither")
+    if config_json is None:
+        config_json = json.dumps({"train": dataclasses.asdict(config)})
+    is_main = jax.process_index() == 0
+    lock = wd.WorkdirLock(workdir).acquire() if is_main else None
+    try:
+        extension = wd.check_config(workdir, json.loads(config_json))
+        return _train(task, config, workdir, config_json, extension)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(task, config, workdir, config_json, extension) -> TrainResult:
     mesh = parallel.make_data_mesh()
     replicated = parallel.replicated(mesh)
     is_main = jax.process_index() == 0
@@ -218,16 +264,27 @@ def train(
     root_key = jax.random.key(config.seed)
     state = jax.jit(init, out_shardings=replicated)(root_key)
     checkpointer = Checkpointer(f"{workdir}/checkpoints", keep=config.keep_checkpoints)
-    latest = checkpointer.latest_step()
+    restored, latest, messages = checkpointer.restore_latest(state)
     start = 0
-    messages = []
+    if any("corrupt" in m or "cannot be restored" in m for m in messages) and latest is not None:
+        messages.append(f"falling back to the checkpoint at step {latest}")
     if latest is not None:
-        state = checkpointer.restore(state, latest)
+        state = restored
         start = int(parallel.to_host(state.step))
         done = "; the run is complete, evaluating only" if start >= config.total_steps else ""
         messages.append(
             f"Resuming from the checkpoint at step {start} in {checkpointer.directory}{done}"
         )
+    if is_main:
+        dropped = wd.truncate_metrics(workdir, start)
+        if dropped:
+            messages.append(f"metrics.jsonl cut back to step {start} ({dropped} line(s) after it)")
+        if extension is not None:
+            wd.record_extension(workdir, extension, start)
+            messages.append(
+                f"train.total_steps extended from {extension['from']} to {extension['to']} at "
+                f"step {start} (recorded in extensions.jsonl)"
+            )
 
     writer = RunWriter(
         workdir, enabled=is_main, total_steps=config.total_steps, initial_step=min(start, config.total_steps),
@@ -239,8 +296,7 @@ def train(
     )
     for text in messages:
         writer.message(text)
-    if config_json is not None:
-        writer.write_json("config.json", json.loads(config_json))
+    writer.write_json("config.json", json.loads(config_json))
 
     step_fn = jax.jit(
         make_train_step(task.updates, task.optimizers, preprocess=task.preprocess),
@@ -258,7 +314,8 @@ def train(
         return parallel.global_batch(local_batch(task.train_data, indices), mesh)
 
     pending: list[tuple[int, dict[str, jax.Array]]] = []  # device metrics not yet fetched
-    checked: list[dict[str, np.ndarray]] = []  # fetched and finite, not yet logged
+    # fetched and finite, not yet logged (after a resume: the restored step's open interval)
+    checked: list[dict[str, np.ndarray]] = wd.load_interval(workdir, start) if start else []
     last_train: dict[str, float] = {}
     eval_metrics: dict[str, float] = {}
     interval_start, interval_step = time.perf_counter(), start
@@ -309,12 +366,20 @@ def train(
                 writer.advance(done, last_train.get("loss"))
             if done % config.checkpoint_every == 0 or final:
                 check_pending()  # never checkpoint a state whose metrics are unchecked
+                _check_state_finite(done, state)
                 checkpointer.save(state, done)
+                if is_main:  # the open log interval's metrics, so a resume logs whole intervals
+                    wd.save_interval(workdir, done, checked, keep=config.keep_checkpoints + 1)
         outputs = None
         if predict_fn is not None:
             eval_metrics, outputs = run_eval()
-            if start < config.total_steps:  # a finished run re-opened adds no duplicate line
-                writer.log_metrics({"step": int(parallel.to_host(state.step)), **eval_metrics})
+            final_step = int(parallel.to_host(state.step))
+            logged = is_main and any(
+                r.get("step") == final_step and any(k.startswith("eval/") for k in r)
+                for r in wd.read_metrics(workdir)
+            )
+            if start < config.total_steps or not logged:  # re-opened: no duplicate line
+                writer.log_metrics({"step": final_step, **eval_metrics})
         checkpointer.wait()
     finally:
         writer.close()
@@ -331,6 +396,10 @@ def train(
         **{f"train/{k}": v for k, v in last_train.items()},
         **eval_metrics,
     }
+    if not trained_steps:  # a finished run re-opened: keep what its training recorded
+        previous = wd.read_json(f"{workdir}/summary.json")
+        kept = ("wall_seconds", "steps_per_sec")
+        summary.update({k: v for k, v in previous.items() if k.startswith("train/") or k in kept})
     writer.write_json("summary.json", summary)
     if is_main and task.report is not None and outputs is not None:
         task.report(outputs, workdir)
