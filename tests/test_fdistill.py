@@ -42,7 +42,18 @@ def losses(workdir):
         return [r for r in map(json.loads, f) if "loss" in r]
 
 
-@pytest.mark.parametrize("divergence", generators.names())
+# Every generator's weight is checked finite at the loss level (test_diffusion_losses); whole
+# runs for four of them by default (h = 1, h = 0, a bounded and a power weight), all under -m slow.
+DEFAULT_RUN_DIVERGENCES = ("js", "reverse_kl", "total_variation", "alpha")
+
+
+@pytest.mark.parametrize(
+    "divergence",
+    [
+        d if d in DEFAULT_RUN_DIVERGENCES else pytest.param(d, marks=pytest.mark.slow)
+        for d in generators.names()
+    ],
+)
 def test_fdistill_is_finite_for_its_first_100_steps_for_every_divergence(
     divergence, tmp_path, stages
 ):
