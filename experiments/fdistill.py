@@ -23,7 +23,6 @@ analytic noised mixture (``"exact"``, no network to initialise from).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
@@ -36,6 +35,7 @@ import optax
 
 from experiments._checks import allowed as _allowed
 from experiments._checks import positive as _positive
+from experiments._checks import stage_config_json
 from fdiv import data as fdata
 from fdiv import diffusion, generators, metrics, models
 from fdiv.losses import diffusion as dl
@@ -189,11 +189,12 @@ def _stage_config_json(config, **fields) -> str:
     """The config of a first stage: only what decides its result (so stages can be shared; a
     differing field is refused by the trainer). ``noise.index_range`` is the distillation's own
     (SiD's SIM samples fewer levels): the teacher trains on :data:`TEACHER_INDEX_RANGE`."""
-    keys = ("dataset", "sigma_data", "noise", "network", "teacher", "mixture", "num_real_samples")
-    out = {k: config[k].to_dict() if hasattr(config[k], "to_dict") else config[k] for k in keys}
-    out["noise"] = {k: v for k, v in out["noise"].items() if k != "index_range"}
-    out.update(seed=config.train.seed, batch_size=config.train.batch_size, **fields)
-    return json.dumps(out, sort_keys=True, default=list)
+    keys = ("dataset", "sigma_data", "network", "teacher", "mixture", "num_real_samples")
+    noise = {k: v for k, v in config.noise.to_dict().items() if k != "index_range"}
+    return stage_config_json(
+        config, keys, noise=noise, seed=config.train.seed, batch_size=config.train.batch_size,
+        **fields,
+    )  # fmt: skip
 
 
 def _stage_dir(config, workdir, name) -> str:

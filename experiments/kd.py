@@ -15,7 +15,6 @@ are ordinary trainer runs: each resumes from its own checkpoints.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -28,6 +27,7 @@ import optax
 
 from experiments._checks import allowed as _allowed
 from experiments._checks import positive as _positive
+from experiments._checks import stage_config_json
 from fdiv import data as fdata
 from fdiv import generators, metrics, models
 from fdiv.losses import kd as kd_losses
@@ -218,11 +218,8 @@ def teacher_config_json(config) -> str:
     """The teacher stage's config: only what decides the teacher, so that runs differing in the
     student's settings share one teacher (``teacher_workdir``) and a changed teacher is refused."""
     keys = ("dataset", "data_dir", "augment", "teacher", "teacher_steps", "teacher_optimizer")
-    stage = {k: config[k].to_dict() if hasattr(config[k], "to_dict") else config[k] for k in keys}
     train_fields = {k: config.train[k] for k in ("seed", "batch_size", "eval_batch_size")}
-    return json.dumps(
-        {"stage": "teacher", **stage, "train": train_fields}, sort_keys=True, default=list
-    )
+    return stage_config_json(config, keys, stage="teacher", train=train_fields)
 
 
 def teacher_task(config, nets: Networks, train_data, eval_data) -> Task:

@@ -160,11 +160,11 @@ def train_base(
     )
     cfg = train_config(config, total_steps=config.base.steps, batch_size=config.base.batch_size)
     # The stage's config: what decides the base policy (runs sharing base.workdir must agree).
-    stage = {k: config[k] for k in ("experiment", "vocab_size", "length")}
-    stage.update({k: config[k].to_dict() for k in ("language", "model")})
-    stage["base"] = {k: v for k, v in config.base.to_dict().items() if k != "workdir"}
-    stage["train"] = {"seed": config.train.seed}
-    config_json = json.dumps({"stage": "base", **stage}, sort_keys=True, default=list)
+    base = {k: v for k, v in config.base.to_dict().items() if k != "workdir"}
+    config_json = _checks.stage_config_json(
+        config, ("experiment", "vocab_size", "length", "language", "model"),
+        stage="base", base=base, train={"seed": config.train.seed},
+    )  # fmt: skip
     return parallel.to_host(
         train(task, cfg, base_dir, config_json=config_json).state.params["policy"]
     )

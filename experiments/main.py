@@ -59,12 +59,14 @@ def main(argv) -> None:
         sys.exit(2)
     import json
 
+    import jax
+
     from fdiv.train import workdir as wd
 
     # One workdir, one run: refuse a different config before any stage computes, and hold the
     # workdir for the whole run (the stages inside take the same lock again).
     try:
-        lock = wd.WorkdirLock(_WORKDIR.value).acquire() if jax_process_index() == 0 else None
+        lock = wd.WorkdirLock(_WORKDIR.value).acquire() if jax.process_index() == 0 else None
         wd.check_config(_WORKDIR.value, json.loads(config.to_json_best_effort(sort_keys=True)))
     except (wd.ConfigMismatchError, wd.WorkdirBusyError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -75,16 +77,8 @@ def main(argv) -> None:
         if lock is not None:
             lock.release()
 
-    import jax
-
     if jax.process_index() == 0:
         print(experiment.format_summary(summary))
-
-
-def jax_process_index() -> int:
-    import jax
-
-    return jax.process_index()
 
 
 def _unknown_fields(argv: list[str]) -> list[str]:

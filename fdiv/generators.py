@@ -127,10 +127,6 @@ class Generator(abc.ABC):
         c = self.f_prime_at_one
         return self._f(log_u) if c == 0 else self._f(log_u) - c * jnp.expm1(log_u)
 
-    def _f_prime_normalized(self, log_u):
-        c = self.f_prime_at_one
-        return self._f_prime(log_u) if c == 0 else self._f_prime(log_u) - c
-
     def _u_f_prime_normalized(self, log_u):
         c = self.f_prime_at_one
         value = self._u_f_prime(log_u)

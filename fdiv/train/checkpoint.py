@@ -113,11 +113,15 @@ class Checkpointer:
                 )
                 continue
             try:
-                return self.restore(like, step), step, messages
+                state = self.restore(like, step)
             except Exception as err:  # noqa: BLE001 -- any unreadable checkpoint is skipped
                 messages.append(
                     f"checkpoint step {step} cannot be restored ({type(err).__name__}: {str(err)[:200]}); skipping it"
                 )
+                continue
+            if step != self._manager.latest_step():
+                messages.append(f"falling back to the checkpoint at step {step}")
+            return state, step, messages
         return None, None, messages
 
     def restore(self, like: TrainState, step: int | None = None) -> TrainState:

@@ -266,8 +266,6 @@ def _train(task, config, workdir, config_json, extension) -> TrainResult:
     checkpointer = Checkpointer(f"{workdir}/checkpoints", keep=config.keep_checkpoints)
     restored, latest, messages = checkpointer.restore_latest(state)
     start = 0
-    if any("corrupt" in m or "cannot be restored" in m for m in messages) and latest is not None:
-        messages.append(f"falling back to the checkpoint at step {latest}")
     if latest is not None:
         state = restored
         start = int(parallel.to_host(state.step))
@@ -374,11 +372,11 @@ def _train(task, config, workdir, config_json, extension) -> TrainResult:
         if predict_fn is not None:
             eval_metrics, outputs = run_eval()
             final_step = int(parallel.to_host(state.step))
-            logged = is_main and any(
+            # A re-opened finished run adds no duplicate line, but restores one a kill lost.
+            if start < config.total_steps or not any(
                 r.get("step") == final_step and any(k.startswith("eval/") for k in r)
                 for r in wd.read_metrics(workdir)
-            )
-            if start < config.total_steps or not logged:  # re-opened: no duplicate line
+            ):
                 writer.log_metrics({"step": final_step, **eval_metrics})
         checkpointer.wait()
     finally:
