@@ -33,8 +33,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from experiments._checks import allowed as _allowed
-from experiments._checks import positive as _positive
+from experiments import _checks
 from experiments._checks import stage_config_json
 from fdiv import data as fdata
 from fdiv import diffusion, generators, metrics, models
@@ -51,31 +50,48 @@ EVAL_SEED = 10_000  # the fixed evaluation noise and reference samples
 GRAD_SHARE_SIGMA = 1.0  # generator/grad_share_sigma_lt_1: the share of |update| from sigma < 1
 
 
+# Ranges beyond experiments._checks.RULES.
+FIELD_RULES = {
+    "huber_c": _checks.greater(0),
+    "sigma_data": _checks.greater(0),
+    "generator.init_sigma": _checks.greater(0),
+    "noise.sigma_min": _checks.greater(0),
+    "noise.sigma_max": _checks.greater(0),
+    "noise.rho": _checks.greater(0),
+    "noise.index_range": _checks.interval(0, 1),
+    "mixture.radius": _checks.greater(0),
+    "mixture.std": _checks.greater(0),
+    "stabilizers.logit_clamp": _checks.greater(0, optional=True),
+    "stabilizers.ratio_clip": _checks.greater(0, optional=True),  # None: no clipping
+    "stabilizers.ratio_bins": _checks.count(0),  # 0 disables
+    "stabilizers.ratio_momentum": _checks.interval(0, 1, "[)"),
+    "generator_optimizer.clip_norm": _checks.greater(0, optional=True),  # None: no clipping
+    "critic_optimizer.clip_norm": _checks.greater(0, optional=True),
+}
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
     """Reject a bad config with a message naming the field and what is allowed, before compute."""
-    _allowed("method", config.method, METHODS)
-    _allowed("dataset", config.dataset, DATASETS)
-    if config.method == "fdistill":
-        _generator(config)  # raises, listing the known names or the bad parameter
-    _allowed("distance", config.distance, DISTANCES)
-    _allowed("mixture_teacher", config.mixture_teacher, ("exact", "trained"))
-    _allowed("noise.distribution", config.noise.distribution, ("karras", "log_uniform"))
-    _allowed("generator_update.space", config.generator_update.space, ("x0", "score"))
-    _allowed("fake_score_weighting", config.fake_score_weighting, ("none", "edm"))
-    _allowed("stabilizers.bin_spacing", config.stabilizers.bin_spacing, ("linear", "log"))
-    _allowed("discriminator.features", config.discriminator.features, ("teacher", "input"))
-    _positive("huber_c", config.huber_c)
-    _positive("sigma_data", config.sigma_data)
-    _positive("generator.init_sigma", config.generator.init_sigma)
-    if not 0 < config.noise.sigma_min < config.noise.sigma_max:
+    _checks.fields(config, FIELD_RULES)
+    allowed = _checks.allowed
+    allowed("method", config.method, METHODS)
+    allowed("dataset", config.dataset, DATASETS)
+    _generator(config)  # every method: raises, listing the known names or the bad parameter
+    allowed("distance", config.distance, DISTANCES)
+    allowed("mixture_teacher", config.mixture_teacher, ("exact", "trained"))
+    allowed("noise.distribution", config.noise.distribution, ("karras", "log_uniform"))
+    allowed("generator_update.space", config.generator_update.space, ("x0", "score"))
+    allowed("fake_score_weighting", config.fake_score_weighting, ("none", "edm"))
+    allowed("stabilizers.bin_spacing", config.stabilizers.bin_spacing, ("linear", "log"))
+    allowed("discriminator.features", config.discriminator.features, ("teacher", "input"))
+    if not config.noise.sigma_min < config.noise.sigma_max:
         raise ValueError(
-            f"need 0 < noise.sigma_min < noise.sigma_max, got {config.noise.sigma_min}, "
+            f"need noise.sigma_min < noise.sigma_max, got {config.noise.sigma_min}, "
             f"{config.noise.sigma_max}"
         )
-    if config.critic_steps < 1:
-        raise ValueError(f"critic_steps must be >= 1, got {config.critic_steps}")
-    if not config.gan_weight >= 0:
-        raise ValueError(f"gan_weight must be >= 0, got {config.gan_weight}")
+    lo, hi = config.noise.index_range
+    if not lo < hi:
+        raise ValueError(f"noise.index_range must be (lo, hi) with lo < hi, got {(lo, hi)}")
     if config.dataset == "mog" and config.mixture_teacher == "exact":
         if config.generator.init_from_teacher:
             raise ValueError(
@@ -90,24 +106,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     s = config.stabilizers
     if s.ratio_clip:
         lo, hi = s.ratio_clip
-        if not 0 < lo < hi:
+        if not lo < hi:
             raise ValueError(
                 f"stabilizers.ratio_clip must be (lo, hi) with 0 < lo < hi, got {tuple(s.ratio_clip)}"
             )
-    if s.logit_clamp is not None and s.logit_clamp <= 0:
-        raise ValueError(f"stabilizers.logit_clamp must be > 0 or None, got {s.logit_clamp}")
-    if not 0 <= s.ratio_momentum < 1:
-        raise ValueError(f"stabilizers.ratio_momentum must be in [0, 1), got {s.ratio_momentum}")
-    if s.ratio_bins < 0:
-        raise ValueError(f"stabilizers.ratio_bins must be >= 0 (0 disables), got {s.ratio_bins}")
     for name in ("generator_optimizer", "critic_optimizer"):
-        opt = config[name]
-        _positive(f"{name}.learning_rate", opt.learning_rate)
-        _allowed(f"{name}.schedule", opt.schedule, ("constant", "cosine"))
-        if opt.clip_norm is not None:
-            _positive(f"{name}.clip_norm", opt.clip_norm)
-    _positive("teacher.steps", config.teacher.steps)
-    _positive("teacher.batch_size", config.teacher.batch_size)
+        allowed(f"{name}.schedule", config[name].schedule, ("constant", "cosine"))
     TrainConfig.from_mapping(config.train.to_dict()).validate()
 
 

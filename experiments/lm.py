@@ -46,11 +46,18 @@ class ArrayDict:
         return {k: v[indices] for k, v in self.arrays.items()}
 
 
-def validate_common(config: ml_collections.ConfigDict) -> None:
-    """The fields every LM config shares: task size, model, optimiser, trainer."""
-    for field in ("vocab_size", "length"):
-        if not (isinstance(config[field], int) and config[field] >= 2):
-            raise ValueError(f"{field} must be an int >= 2, got {config[field]!r}")
+# Ranges beyond experiments._checks.RULES that every LM config shares.
+FIELD_RULES = {
+    "vocab_size": _checks.count(2),
+    "length": _checks.count(2),
+    "language.forbidden_per_token": _checks.count(0),
+}
+
+
+def validate_common(config: ml_collections.ConfigDict, field_rules=FIELD_RULES) -> None:
+    """The fields every LM config shares: task size, model, optimiser, trainer; ``field_rules``
+    are the experiment's ranges (``FIELD_RULES`` and its own, see ``experiments._checks.fields``)."""
+    _checks.fields(config, field_rules)
     if config.vocab_size**config.length > 2**16:
         raise ValueError(
             f"vocab_size**length = {config.vocab_size**config.length} sequences is too many to "
@@ -62,10 +69,6 @@ def validate_common(config: ml_collections.ConfigDict) -> None:
         forbidden_per_token=config.language.forbidden_per_token,
     )  # raises on a bad forbidden_per_token
     model(config, num_actions=config.vocab_size, num_contexts=1)  # raises on bad sizes
-    _checks.positive("optimizer.learning_rate", config.optimizer.learning_rate)
-    _checks.positive("base.learning_rate", config.base.learning_rate)
-    if config.base.steps < 1 or config.base.num_samples < 1:
-        raise ValueError("base.steps and base.num_samples must be >= 1")
     train_config(config).validate()
 
 

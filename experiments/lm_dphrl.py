@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from experiments import lm
+from experiments import _checks, lm
 from fdiv import metrics
 from fdiv.data import language as lang
 from fdiv.losses import policy as policy_losses
@@ -36,27 +36,29 @@ from fdiv.train import Task, Update
 format_summary = lm.format_summary
 
 
+FIELD_RULES = {
+    **lm.FIELD_RULES,
+    "eta": _checks.at_least(0),
+    "num_prompts": _checks.count(2),  # even: train, odd: held out
+    "group_size": _checks.count(2),
+    "num_stored": _checks.count(1),
+    "eval_samples": _checks.count(1),
+    "pass_k": _checks.count(1),
+    "target_offset": _checks.count(0),
+}
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
-    lm.validate_common(config)
+    lm.validate_common(config, FIELD_RULES)
     if config.divergence != "none":
         try:
             policy_losses.alignment_generator(config.divergence)
         except ValueError as e:
             raise ValueError(f"{e}; or 'none' (GRPO without a penalty)") from None
-    if config.num_prompts < 2:
-        raise ValueError(
-            f"num_prompts must be >= 2 (even: train, odd: held out), got {config.num_prompts}"
-        )
-    if config.group_size < 2:
-        raise ValueError(f"group_size must be >= 2, got {config.group_size}")
-    if config.eta < 0:
-        raise ValueError(f"eta must be >= 0, got {config.eta}")
-    if max(config.pass_k) > config.eval_samples or min(config.pass_k) < 1:
+    if max(config.pass_k) > config.eval_samples:
         raise ValueError(
             f"pass_k {tuple(config.pass_k)} must be in [1, eval_samples={config.eval_samples}]"
         )
-    if config.num_stored < 1:
-        raise ValueError(f"num_stored must be >= 1, got {config.num_stored}")
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from experiments import lm
+from experiments import _checks, lm
 from fdiv.data import language as lang
 from fdiv.losses import policy as policy_losses
 from fdiv.models import sampling
@@ -32,23 +32,27 @@ from fdiv.train import Task, Update
 format_summary = lm.format_summary
 
 
+FIELD_RULES = {
+    **lm.FIELD_RULES,
+    "constraint.floor": _checks.interval(0, 1, "[)"),
+    "constraint.token": _checks.count(0),
+    "constraint.minimum": _checks.count(1),
+    "proposal_every": _checks.count(0),  # 0: on-policy
+    "baseline_decay": _checks.interval(0, 1, "[)"),
+}
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
-    lm.validate_common(config)
+    lm.validate_common(config, FIELD_RULES)
     g = policy_losses.alignment_generator(config.divergence)  # raises, listing the names
-    if not 0 <= config.constraint.floor < 1:
-        raise ValueError(f"constraint.floor must be in [0, 1), got {config.constraint.floor}")
     # f'(inf) = lim f(u)/u = dual.f(0+): finite for bounded generators (JS, TV, squared Hellinger)
     if config.constraint.floor == 0 and not np.isfinite(float(g.dual.f(jnp.array(-jnp.inf)))):
         raise ValueError(
             f"divergence={config.divergence!r} is infinite for a hard constraint target (f'(u) is "
             "unbounded as pi/p -> inf where p = 0): set constraint.floor > 0, e.g. 1e-4"
         )
-    if not 0 <= config.constraint.token < config.vocab_size:
+    if not config.constraint.token < config.vocab_size:
         raise ValueError(f"constraint.token must be in [0, {config.vocab_size})")
-    if config.proposal_every < 0:
-        raise ValueError(f"proposal_every must be >= 0 (0: on-policy), got {config.proposal_every}")
-    if not 0 <= config.baseline_decay < 1:
-        raise ValueError(f"baseline_decay must be in [0, 1), got {config.baseline_decay}")
 
 
 def target_log_unnormalized(config, seqs: np.ndarray, log_base: np.ndarray) -> np.ndarray:

@@ -28,12 +28,17 @@ DIVERGENCES = ("reverse_kl", "forward_kl", "js", "alpha")
 format_summary = lm.format_summary
 
 
+FIELD_RULES = {
+    **lm.FIELD_RULES,
+    "beta": _checks.greater(0),
+    "alpha": _checks.interval(0, 1, "()"),
+    "reward_weights": _checks.ANY,
+}
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
-    lm.validate_common(config)
+    lm.validate_common(config, FIELD_RULES)
     _checks.allowed("divergence", config.divergence, DIVERGENCES)
-    _checks.positive("beta", config.beta)
-    if not 0 < config.alpha < 1:
-        raise ValueError(f"alpha must be in (0, 1), got {config.alpha}")
     if len(config.reward_weights) != config.vocab_size:
         raise ValueError(
             f"reward_weights has {len(config.reward_weights)} entries, vocab_size={config.vocab_size}"

@@ -37,18 +37,21 @@ DIVERGENCES = ("kl", "chi2")
 format_summary = lm.format_summary
 
 
+FIELD_RULES = {
+    **lm.FIELD_RULES,
+    "backspace_rate": _checks.interval(0, 1),
+    "max_actions": _checks.count(1),
+    "chi2_alpha": _checks.greater(0),
+}
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
-    lm.validate_common(config)
+    lm.validate_common(config, FIELD_RULES)
     _checks.allowed("divergence", config.divergence, DIVERGENCES)
-    if not 0 <= config.backspace_rate <= 1:
-        raise ValueError(f"backspace_rate must be in [0, 1], got {config.backspace_rate}")
     if config.language.forbidden_per_token < 1:
         raise ValueError("language.forbidden_per_token must be >= 1: recovery needs invalid tokens")
     if config.max_actions < config.length:
         raise ValueError(f"max_actions must be >= length={config.length}, got {config.max_actions}")
-    _checks.positive("chi2_alpha", config.chi2_alpha)
-    if config.mle_weight < 0:
-        raise ValueError(f"mle_weight must be >= 0, got {config.mle_weight}")
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:

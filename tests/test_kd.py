@@ -220,12 +220,12 @@ def test_every_method_trains_two_steps(method, tmp_path):
             r"method='kd\+\+' is not one of \['bdkd', 'dml', 'fkd', 'sinkd', 'student', 'vanilla'\]",
         ),
         ("divergence", "klx", "klx.*kl"),
-        ("temperature", -1.0, "temperature must be > 0"),
+        ("temperature", -1.0, "temperature=-1.0: must be > 0"),
         ("dataset", "imagenet", "dataset='imagenet' is not one of"),
         ("teacher.model", "vit", "teacher.model='vit' is not one of"),
-        ("train.batch_size", 0, "train.batch_size must be a positive integer"),
+        ("train.batch_size", 0, "train.batch_size=0: must be an integer >= 1"),
         ("optimizer.name", "lion", "optimizer.name='lion' is not one of"),
-        ("sinkd.num_iters", 0, "sinkd.num_iters must be >= 1"),
+        ("sinkd.num_iters", 0, "sinkd.num_iters=0: must be an integer >= 1"),
     ],
 )
 def test_bad_configs_are_rejected_before_compute(field, value, match, tmp_path):

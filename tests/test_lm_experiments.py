@@ -63,7 +63,7 @@ def test_experiment_runs_and_reports_exact_metrics(tmp_path, family, overrides):
     "family,overrides,message",
     [
         ("fdpo", {"divergence": "hellinger"}, "divergence='hellinger' is not one of"),
-        ("fdpo", {"alpha": 1.5}, "alpha must be in"),
+        ("fdpo", {"alpha": 1.5}, "alpha=1.5: must be in (0, 1)"),
         ("fdpo", {"reward_weights": (1.0, 2.0)}, "reward_weights"),
         ("fdpg", {"divergence": "nope"}, "forward_kl"),
         ("fdpg", {"divergence": "reverse_kl"}, "constraint.floor > 0"),
