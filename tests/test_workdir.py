@@ -3,6 +3,7 @@ resume, a re-opened finished run loses nothing."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -210,6 +211,27 @@ def test_a_non_finite_state_is_never_saved(tmp_path):
             task, small_config(checkpoint_every=2, log_every=2, keep_checkpoints=5), str(tmp_path)
         )
     assert sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit()) == [2, 4]
+
+
+def test_a_nan_eval_metric_stops_the_run_but_an_infinite_one_is_a_result(tmp_path):
+    """Eval metrics are checked like train metrics, except that +-inf is a legitimate
+    measurement (an infinite divergence); NaN at the step-4 evaluation stops before step 4 is
+    saved."""
+    from fdiv.train import NonFiniteError
+
+    def with_eval_value(value):
+        task = regression_task()
+        summarize = task.summarize
+        return dataclasses.replace(task, summarize=lambda out: {**summarize(out), "div": value})
+
+    config = small_config(eval_every=4, checkpoint_every=2, log_every=2, keep_checkpoints=5)
+    with pytest.raises(NonFiniteError, match="eval/div is NaN at step 4"):
+        train(with_eval_value(float("nan")), config, str(tmp_path / "nan"))
+    assert sorted(int(s) for s in os.listdir(tmp_path / "nan" / "checkpoints") if s.isdigit()) == [
+        2
+    ]
+    result = train(with_eval_value(float("inf")), config, str(tmp_path / "inf"))
+    assert result.summary["eval/div"] == float("inf")
 
 
 def _largest_file(folder):

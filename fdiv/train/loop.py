@@ -194,6 +194,14 @@ def _check_finite(step: int, metrics: Mapping[str, float]) -> None:
             )
 
 
+def _check_eval(step: int, metrics: Mapping[str, float]) -> None:
+    """An evaluation metric may be infinite (a divergence to a target the model cannot reach,
+    an NLL at a zero probability) but never NaN: that is a broken state or a broken metric."""
+    for name, value in metrics.items():
+        if math.isnan(value):
+            raise NonFiniteError(f"{name} is NaN at step {step}; stopping")
+
+
 @jax.jit
 def _finite_parts(state: TrainState) -> dict[str, jax.Array]:
     """Whether every floating leaf of the params / optimiser state / model state is finite."""
@@ -335,7 +343,9 @@ def _train(task, config, workdir, config_json, extension) -> TrainResult:
 
     def run_eval() -> tuple[dict[str, float], dict[str, np.ndarray]]:
         outputs = evaluate(task, state, config, mesh, predict_fn)
-        return {f"eval/{k}": float(v) for k, v in task.summarize(outputs).items()}, outputs
+        summary = {f"eval/{k}": float(v) for k, v in task.summarize(outputs).items()}
+        _check_eval(int(parallel.to_host(state.step)), summary)
+        return summary, outputs
 
     try:
         for step in range(start, config.total_steps):
