@@ -11,6 +11,7 @@ EXPERIMENTS = [
     "flax>=0.10",
     "optax>=0.2.4",
     "orbax-checkpoint>=0.11",
+    "etils[epath]>=1.5",  # workdir files, local or gs:// (fdiv.train.paths)
     "ml-collections>=1.0",
     "tqdm>=4.66",
     "matplotlib>=3.8",
@@ -18,10 +19,12 @@ EXPERIMENTS = [
     "mnist1d>=0.0.2",
 ]
 TFDS = ["tensorflow-datasets>=4.9"]
+TENSORBOARD = ["tensorboardX>=2.6"]  # TensorBoard event files beside metrics.jsonl
 NOTEBOOKS = ["matplotlib>=3.8", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"]
 TEST = [
     *EXPERIMENTS,
     *TFDS,
+    *TENSORBOARD,
     "pytest>=8",
     "pytest-xdist>=3.5",
     "hypothesis>=6.100",
@@ -43,8 +46,9 @@ setup(
     extras_require={
         "experiments": EXPERIMENTS,
         "tfds": TFDS,
+        "tensorboard": TENSORBOARD,
         "notebooks": NOTEBOOKS,
         "test": TEST,
-        "all": sorted(set(EXPERIMENTS + TFDS + NOTEBOOKS + TEST)),
+        "all": sorted(set(EXPERIMENTS + TFDS + TENSORBOARD + NOTEBOOKS + TEST)),
     },
 )

@@ -20,11 +20,17 @@ with the same cosine ``LambdaLR``; for offline KD the teacher runs in eval mode 
 ``torch.no_grad()``. ``--torch-threads`` sets PyTorch's intra-op threads (default 1: what the JAX
 MLP steps keep busy, see the "cores busy" column; ``default`` is PyTorch's own choice).
 
-Two ways of feeding each step, both timed:
-- "feed": per step, what the trainer's loop does on the host: ``fdiv.data.train_indices`` of the
-  step, ``Dataset.get`` of them (the loop's ``local_batch``), then ``parallel.global_batch``
+Three ways of feeding each step, all timed:
+- "feed": per step, on the host before the step is dispatched: ``fdiv.data.train_indices`` of
+  the step, ``Dataset.get`` of them (the loop's ``local_batch``), then ``parallel.global_batch``
   (JAX) or ``torch.from_numpy`` (+ int64 labels, PyTorch);
+- "feed, prefetched" (JAX): the same batches built one step ahead on a background thread while
+  the step runs, with the trainer's ``fdiv.train.loop.Prefetcher`` (what ``fdiv.train.train``
+  does);
 - "resident": one batch made once, already a device array / tensor, fed to every step.
+
+Without PyTorch installed (or with ``--no-torch``) only the JAX variants run:
+``python -m benchmarks.train_step --methods vanilla --no-profile --no-torch``.
 
 Each repeat runs ``--steps`` steps of every variant, round-robin (``_harness.time_interleaved``),
 after one warm-up (compiling) run of each; the table has the medians, the feeds' own per-step cost
@@ -53,7 +59,7 @@ from configs._kd_common import network
 from experiments import kd
 from fdiv import data as fdata
 from fdiv.train import Update, init_state, make_train_step, parallel
-from fdiv.train.loop import local_batch
+from fdiv.train.loop import Prefetcher, local_batch
 
 METHODS = ("student", "vanilla", "dml", "bdkd")
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
@@ -315,14 +321,16 @@ class Counter:
 def measure(jx: JaxStep, steps: int, repeats: int, threads, compiles: Counter) -> list[dict]:
     """Steps/s of each variant (median over repeats), per-step cost of each feed alone and the
     CPU time / wall time of the resident-batch loops (how many cores each framework keeps busy),
-    once per PyTorch thread count in ``threads`` (JAX measured alongside every time)."""
-    import torch
-
+    once per PyTorch thread count in ``threads`` (JAX measured alongside every time).
+    ``threads=None``: JAX alone (PyTorch not installed, or ``--no-torch``)."""
     config, data = jx.config, jx.data
     holder = {"state": jx.init(jax.random.key(config.train.seed)), "step": 0}
-    tx = TorchStep(config, data, params=parallel.to_host(holder["state"].params))
     resident_jax = jx.batch(0)
-    resident_torch = tx.tensors(jx.host_batch(0))
+    if threads is not None:
+        import torch
+
+        tx = TorchStep(config, data, params=parallel.to_host(holder["state"].params))
+        resident_torch = tx.tensors(jx.host_batch(0))
 
     def next_steps():
         start = holder["step"]
@@ -333,6 +341,15 @@ def measure(jx: JaxStep, steps: int, repeats: int, threads, compiles: Counter) -
         state = holder["state"]
         for s in next_steps():
             state, _ = jx.step(state, jx.batch(s))
+        holder["state"] = state
+        return state
+
+    def jax_prefetched():  # the trainer's loop: the next batch built while the step runs
+        state = holder["state"]
+        todo = next_steps()
+        with Prefetcher(jx.batch, todo) as prefetch:
+            for s in todo:
+                state, _ = jx.step(state, prefetch.get(s))
         holder["state"] = state
         return state
 
@@ -361,12 +378,15 @@ def measure(jx: JaxStep, steps: int, repeats: int, threads, compiles: Counter) -
 
     fns = {
         "jax_feed": jax_feed,
+        "jax_prefetched": jax_prefetched,
         "torch_feed": torch_feed,
         "jax_resident": jax_resident,
         "torch_resident": torch_resident,
         "jax_feed_only": jax_feed_only,
         "torch_feed_only": torch_feed_only,
     }
+    if threads is None:
+        fns = {k: v for k, v in fns.items() if not k.startswith("torch")}
     cpu = {}
 
     def cpu_timed(name, fn):
@@ -380,21 +400,24 @@ def measure(jx: JaxStep, steps: int, repeats: int, threads, compiles: Counter) -
 
     fns = {name: cpu_timed(name, fn) for name, fn in fns.items()}
     jax_resident()  # compile before counting compilations
-    default_threads = torch.get_num_threads()
+    default_threads = None if threads is None else torch.get_num_threads()
     rows = []
-    for n in threads:
-        torch.set_num_threads(n)
+    for n in [None] if threads is None else threads:
+        if n is not None:
+            torch.set_num_threads(n)
         cpu.clear()
         compiles.active = True
         seconds = h.time_interleaved(fns, repeats=repeats)
         compiles.active = False
         row = {"torch_threads": n}
-        for name in ("jax_resident", "torch_resident"):
-            row[f"{name}_cores"] = statistics.median(cpu[name][1:]) / seconds[name]
+        for name in ("jax_resident", "torch_resident", "jax_feed", "jax_prefetched"):
+            if name in seconds:
+                row[f"{name}_cores"] = statistics.median(cpu[name][1:]) / seconds[name]
         row.update({k: steps / v for k, v in seconds.items() if not k.endswith("feed_only")})
         row.update({k: 1e6 * v / steps for k, v in seconds.items() if k.endswith("feed_only")})
         rows.append(row)
-    torch.set_num_threads(default_threads)
+    if default_threads is not None:
+        torch.set_num_threads(default_threads)
     return rows
 
 
@@ -466,21 +489,34 @@ def main() -> None:
     )
     parser.add_argument("--no-check", action="store_true", help="skip the equivalence check")
     parser.add_argument("--no-profile", action="store_true", help="skip the JAX step profile")
+    parser.add_argument(
+        "--no-torch", action="store_true", help="JAX only (also when PyTorch is not installed)"
+    )
     args = parser.parse_args()
-
-    import torch
 
     methods = args.methods.split(",")
     for method in methods:
         if method not in METHODS:
             raise SystemExit(f"unknown method {method!r}; choose from {METHODS}")
-    default_threads = torch.get_num_threads()
-    threads = [default_threads if t == "default" else int(t) for t in args.torch_threads.split(",")]
-    threads = list(dict.fromkeys(threads))
+    torch = None
+    if not args.no_torch:
+        try:
+            import torch
+        except ImportError:
+            print("PyTorch is not installed: JAX alone (as with --no-torch)")
+    if torch is None:
+        threads, args.no_check, torch_text = None, True, "no torch"
+    else:
+        default_threads = torch.get_num_threads()
+        threads = [
+            default_threads if t == "default" else int(t) for t in args.torch_threads.split(",")
+        ]
+        threads = list(dict.fromkeys(threads))
+        torch_text = f"torch {torch.__version__} (default {default_threads} intra-op threads)"
     data = fdata.load("digits", "train")
     print(
         f"jax {jax.__version__} ({jax.devices()[0].platform}, {jax.device_count()} device, XLA "
-        f"CPU defaults), torch {torch.__version__} (default {default_threads} intra-op threads), "
+        f"CPU defaults), {torch_text}, "
         f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores, load average "
         f"{os.getloadavg()[0]:.1f}; digits train ({len(data)} examples), batch {args.batch_size}, "
         f"model {args.model}, {args.steps} steps x {args.repeats} repeats (medians)"
@@ -494,16 +530,34 @@ def main() -> None:
                 f"equivalence {method}: 3 steps from the same weights on the same batches, max "
                 f"|loss diff| {loss_diff:.1e}, max |param diff| {param_diff:.1e}"
             )
-    print(
-        "| method | torch threads | JAX steps/s (feed) | PyTorch steps/s (feed) | ratio "
-        "| JAX steps/s (resident) | PyTorch steps/s (resident) | ratio | feed µs/step JAX "
-        "| feed µs/step PyTorch | cores busy JAX / PyTorch |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    if threads is None:
+        print(
+            "| method | JAX steps/s (feed) | JAX steps/s (feed, prefetched) | prefetched / feed "
+            "| JAX steps/s (resident) | feed µs/step | cores busy feed / prefetched / resident |"
+        )
+        print("|---|---|---|---|---|---|---|")
+    else:
+        print(
+            "| method | torch threads | JAX steps/s (feed) | JAX steps/s (feed, prefetched) "
+            "| PyTorch steps/s (feed) | ratio | JAX steps/s (resident) "
+            "| PyTorch steps/s (resident) | ratio | feed µs/step JAX | feed µs/step PyTorch "
+            "| cores busy JAX / PyTorch |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for method in methods:
         for r in measure(jax_steps[method], args.steps, args.repeats, threads, compiles):
+            if threads is None:
+                print(
+                    f"| {method} | {r['jax_feed']:,.0f} | {r['jax_prefetched']:,.0f} | "
+                    f"{r['jax_prefetched'] / r['jax_feed']:.2f}x | {r['jax_resident']:,.0f} | "
+                    f"{r['jax_feed_only']:.0f} | {r['jax_feed_cores']:.2f} / "
+                    f"{r['jax_prefetched_cores']:.2f} / {r['jax_resident_cores']:.2f} |",
+                    flush=True,
+                )
+                continue
             print(
                 f"| {method} | {r['torch_threads']} | {r['jax_feed']:,.0f} | "
+                f"{r['jax_prefetched']:,.0f} | "
                 f"{r['torch_feed']:,.0f} | {r['jax_feed'] / r['torch_feed']:.2f}x | "
                 f"{r['jax_resident']:,.0f} | {r['torch_resident']:,.0f} | "
                 f"{r['jax_resident'] / r['torch_resident']:.2f}x | {r['jax_feed_only']:.0f} | "

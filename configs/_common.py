@@ -23,5 +23,9 @@ def train_config(**overrides) -> ConfigDict:
 
 
 def distributed_config() -> ConfigDict:
-    """``config.distributed``: one process unless ``num_processes`` > 1 (``jax.distributed``)."""
-    return ConfigDict({"num_processes": 1, "process_id": 0, "coordinator_address": ""})
+    """``config.distributed``: one process unless ``num_processes`` > 1 (``jax.distributed``), or
+    ``auto=True``: ``jax.distributed.initialize()`` finds the processes itself (Cloud TPU pods,
+    SLURM ...), with the other three fields left at their defaults."""
+    return ConfigDict(
+        {"num_processes": 1, "process_id": 0, "coordinator_address": "", "auto": False}
+    )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import io
 import os
 import time
 
@@ -24,7 +25,7 @@ from experiments import fdistill
 from experiments._tables import machine, mean_std, write
 from fdiv import data as fdata
 from fdiv import metrics
-from fdiv.train import plots
+from fdiv.train import paths, plots
 
 # (label, config module, overrides)
 METHODS = [
@@ -83,7 +84,7 @@ def run_one(module, overrides, seed, path, stages, steps):
         return summary, None, None
     # Light modes: the three smallest mixture weights, covered if they hold >= 20% of their share.
     mix = fdistill._mixture(config)
-    samples = np.load(os.path.join(path, "samples.npy"))
+    samples = np.load(io.BytesIO(paths.read_bytes(os.path.join(path, "samples.npy"))))
     stats = metrics.mode_statistics(samples, mix.means, mix.weights, std=float(np.max(mix.std)))
     weights = np.asarray(mix.weights)
     light = np.argsort(weights)[:3]

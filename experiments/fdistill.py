@@ -23,6 +23,7 @@ analytic noised mixture (``"exact"``, no network to initialise from).
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
@@ -40,7 +41,7 @@ from fdiv import diffusion, generators, metrics, models
 from fdiv.losses import diffusion as dl
 from fdiv.models.critic import FeatureDiscriminator, NoiseClassifier
 from fdiv.models.score import ScoreCNN, ScoreMLP
-from fdiv.train import Task, TrainConfig, Update, parallel, train
+from fdiv.train import Task, TrainConfig, Update, parallel, paths, train
 from fdiv.train import plots as train_plots
 
 METHODS = ("fdistill", "sim")
@@ -651,7 +652,9 @@ def build_task(config: ml_collections.ConfigDict, workdir: str = "") -> tuple[Ta
 
     def report(outputs, workdir):
         setting.report(outputs["samples"], workdir)
-        np.save(os.path.join(workdir, "samples.npy"), outputs["samples"])
+        buffer = io.BytesIO()
+        np.save(buffer, outputs["samples"])
+        paths.write_bytes(os.path.join(workdir, "samples.npy"), buffer.getvalue())
 
     task = Task(
         init=init,

@@ -21,6 +21,7 @@ from absl import logging
 
 from experiments import kd
 from experiments._tables import machine, mean_std, write
+from fdiv.train import paths
 
 # (label, method, divergence)
 METHODS = [
@@ -47,7 +48,7 @@ def run_one(setting: str, seed: int, method: str, divergence: str, workdir: str)
     run_dir = os.path.join(workdir, setting, f"seed{seed}", name)
     summary = kd.run(config, run_dir)
     if method in kd.OFFLINE:
-        teacher = json.load(open(os.path.join(config.teacher_workdir, "summary.json")))
+        teacher = json.loads(paths.read_text(os.path.join(config.teacher_workdir, "summary.json")))
         summary = {**summary, **{k: v for k, v in teacher.items() if k.startswith("eval/teacher/")}}
     return summary
 

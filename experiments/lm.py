@@ -28,6 +28,7 @@ from fdiv.losses import kd as kd_losses
 from fdiv.models import sampling
 from fdiv.models.transformer import CausalTransformer
 from fdiv.train import Task, TrainConfig, Update, parallel, train
+from fdiv.train import paths as fdiv_paths
 
 
 class ArrayDict:
@@ -128,8 +129,8 @@ def train_policy(task: Task, config: ml_collections.ConfigDict, workdir: str):
 def finish(workdir: str, summary: dict[str, Any]) -> dict[str, Any]:
     """Add the experiment's exact metrics to the trainer's ``summary.json`` (process 0)."""
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
-            json.dump(summary, f, indent=2, sort_keys=True)
+        text = json.dumps(summary, indent=2, sort_keys=True)
+        fdiv_paths.write_text(os.path.join(workdir, "summary.json"), text)
     return summary
 
 

@@ -21,6 +21,7 @@ import numpy as np
 from absl import logging
 
 from experiments._tables import machine, write
+from fdiv.train import paths
 
 # family -> (config module, [(label, overrides)], [(summary key, column title)])
 FAMILIES = {
@@ -161,12 +162,11 @@ def train_seconds(workdir: str) -> float:
     """Training time of a run from its ``metrics.jsonl`` (steps / steps_per_sec per log interval),
     which survives re-opening the finished run (its ``wall_seconds`` does not)."""
     seconds, last = 0.0, 0
-    with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
-        for line in f:
-            record = json.loads(line)
-            if "steps_per_sec" in record:
-                seconds += (record["step"] - last) / record["steps_per_sec"]
-                last = record["step"]
+    for line in paths.read_text(os.path.join(workdir, "metrics.jsonl")).splitlines():
+        record = json.loads(line)
+        if "steps_per_sec" in record:
+            seconds += (record["step"] - last) / record["steps_per_sec"]
+            last = record["step"]
     return seconds
 
 

@@ -4,7 +4,9 @@ Override any config field on the command line: ``--config.method=bdkd --config.t
 Unknown fields are rejected by ``ml_collections``; bad values by the experiment's ``validate`` before
 anything is computed. Multi-process runs (one process per host, as on a TPU pod, or several on one
 machine with CPU collectives) set ``--config.distributed.num_processes=N
---config.distributed.process_id=i --config.distributed.coordinator_address=host:port``.
+--config.distributed.process_id=i --config.distributed.coordinator_address=host:port``; on a
+Cloud TPU pod or under SLURM, ``--config.distributed.auto=True`` alone lets JAX find them. The
+workdir may be ``gs://bucket/run`` (every file goes through ``etils.epath``).
 """
 
 from __future__ import annotations
@@ -46,11 +48,21 @@ def main(argv) -> None:
     from fdiv.train import parallel
 
     dist = config.distributed
-    parallel.initialize_distributed(
-        num_processes=dist.num_processes,
-        process_id=dist.process_id,
-        coordinator_address=dist.coordinator_address,
-    )
+    try:
+        parallel.initialize_distributed(
+            num_processes=dist.num_processes,
+            process_id=dist.process_id,
+            coordinator_address=dist.coordinator_address,
+            auto=dist.get("auto", False),
+        )
+    except ValueError as e:
+        print(f"error: invalid config: {e}", file=sys.stderr)
+        sys.exit(2)
+    except RuntimeError as e:
+        if not dist.get("auto", False):
+            raise
+        print(f"error: {e}", file=sys.stderr)  # auto-detection found no cluster
+        sys.exit(1)
     experiment = importlib.import_module(EXPERIMENTS[config.experiment])
     try:
         experiment.validate(config)

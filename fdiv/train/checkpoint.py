@@ -6,17 +6,25 @@ SHA-256 of its files is written beside it (``<step>.sha256``); :meth:`Checkpoint
 skips a step whose files no longer match it, or that fails to restore (a stray or incomplete
 folder), and falls back to the previous one, saying so. The typed PRNG key is stored as its raw
 ``key_data`` and re-wrapped on restore.
+
+The directory may be local or ``gs://...`` (orbax and the files beside its steps go through
+``etils.epath``). On ``gs://`` orbax cannot rename a step into place; it writes the step where it
+belongs and marks it complete with a ``commit_success.txt`` file, which is then what a finished
+step must have.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import posixpath
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
+from fdiv.train import paths
 from fdiv.train.state import TrainState
 
 __all__ = ["Checkpointer", "load_arrays"]
@@ -24,6 +32,27 @@ __all__ = ["Checkpointer", "load_arrays"]
 
 def _to_storable(state: TrainState) -> TrainState:
     return state.replace(key=jax.random.key_data(state.key))
+
+
+def _files(root: str) -> list[str]:
+    """The files under ``root``, as paths relative to it, in ``sorted(os.walk(root))`` order
+    (folder by folder, each folder's files by name); local or any ``epath`` URI."""
+    if paths.is_local(root):
+        out = []
+        for folder, _, files in sorted(os.walk(root)):
+            out += [os.path.relpath(os.path.join(folder, name), root) for name in sorted(files)]
+        return out
+    found = []  # (folder relative to root, "" for root itself; file name)
+
+    def walk(relative: str) -> None:
+        for entry in epath.Path(posixpath.join(root, relative) if relative else root).iterdir():
+            if entry.is_dir():
+                walk(posixpath.join(relative, entry.name) if relative else entry.name)
+            else:
+                found.append((relative, entry.name))
+
+    walk("")
+    return [posixpath.join(folder, name) if folder else name for folder, name in sorted(found)]
 
 
 class Checkpointer:
@@ -35,7 +64,7 @@ class Checkpointer:
     """
 
     def __init__(self, directory: str, *, keep: int = 2):
-        self.directory = os.path.abspath(directory)
+        self.directory = paths.absolute(directory)
         self.stray = self._set_aside_stray_steps()
         self._manager = ocp.CheckpointManager(
             self.directory,
@@ -44,14 +73,22 @@ class Checkpointer:
 
     def _set_aside_stray_steps(self) -> list[str]:
         """Rename step folders orbax never finished (no ``_CHECKPOINT_METADATA``: a stray copy, a
-        crashed tool) to ``<step>.stray``, so they are neither restored nor mistaken for steps."""
-        if jax.process_index() != 0 or not os.path.isdir(self.directory):
+        crashed tool; on ``gs://``, no ``commit_success.txt`` either) to ``<step>.stray``, so they
+        are neither restored nor mistaken for steps."""
+        directory = epath.Path(self.directory)
+        if jax.process_index() != 0 or not directory.is_dir():
             return []
+        markers = ["_CHECKPOINT_METADATA"]
+        if self.directory.startswith("gs://"):
+            markers.append("commit_success.txt")
         moved = []
-        for name in sorted(os.listdir(self.directory)):
-            path = os.path.join(self.directory, name)
-            if name.isdigit() and not os.path.exists(os.path.join(path, "_CHECKPOINT_METADATA")):
-                os.replace(path, path + ".stray")
+        for name in sorted(p.name for p in directory.iterdir()):
+            path = directory / name
+            if name.isdigit() and not all((path / m).exists() for m in markers):
+                if paths.is_local(self.directory):
+                    os.replace(path, f"{path}.stray")
+                else:
+                    path.rename(f"{self.directory}/{name}.stray")
                 moved.append(name)
         return moved
 
@@ -66,16 +103,16 @@ class Checkpointer:
         return self._manager.save(step, args=ocp.args.StandardSave(_to_storable(state)), force=True)
 
     def _digest(self, step: int) -> str:
+        """SHA-256 over the step folder's files (relative path, then content), in the order of
+        ``sorted(os.walk(...))``, so a step copied between a local disk and a bucket keeps its
+        digest."""
         root = os.path.join(self.directory, str(step))
         h = hashlib.sha256()
-        for folder, dirs, files in sorted(os.walk(root)):
-            dirs.sort()
-            for name in sorted(files):
-                path = os.path.join(folder, name)
-                h.update(os.path.relpath(path, root).encode() + b"\0")
-                with open(path, "rb") as f:
-                    for block in iter(lambda: f.read(1 << 20), b""):
-                        h.update(block)
+        for relative in _files(root):
+            h.update(relative.encode() + b"\0")
+            with epath.Path(os.path.join(root, relative)).open("rb") as f:
+                for block in iter(lambda f=f: f.read(1 << 20), b""):
+                    h.update(block)
         return h.hexdigest()
 
     def _seal_finished(self) -> None:
@@ -85,19 +122,15 @@ class Checkpointer:
         self._manager.wait_until_finished()
         for step in self._manager.all_steps():
             path = os.path.join(self.directory, f"{step}.sha256")
-            if not os.path.exists(path):
-                tmp = path + ".tmp"
-                with open(tmp, "w") as f:
-                    f.write(self._digest(step))
-                os.replace(tmp, path)
+            if not epath.Path(path).exists():
+                paths.write_text(path, self._digest(step))
 
     def _verified(self, step: int) -> bool | None:
         """True / False where a checksum was written, None where the run stopped before it."""
         path = os.path.join(self.directory, f"{step}.sha256")
-        if not os.path.exists(path):
+        if not epath.Path(path).exists():
             return None
-        with open(path) as f:
-            return f.read().strip() == self._digest(step)
+        return paths.read_text(path).strip() == self._digest(step)
 
     def restore_latest(self, like: TrainState) -> tuple[TrainState | None, int | None, list[str]]:
         """The latest step that verifies and restores: ``(state, step, messages)``, or
@@ -148,7 +181,8 @@ def load_arrays(directory: str, step: int | None = None) -> dict:
     ``directory`` is a run's ``workdir/checkpoints``; ``step`` defaults to the latest. For analysis
     and tests: resuming goes through :meth:`Checkpointer.restore`, which keeps typed keys.
     """
-    steps = [int(name) for name in os.listdir(directory) if name.isdigit()]
+    directory = paths.absolute(directory)
+    steps = [int(p.name) for p in epath.Path(directory).iterdir() if p.name.isdigit()]
     if not steps:
         raise FileNotFoundError(f"no checkpoint in {directory}")
     path = os.path.join(directory, str(max(steps) if step is None else step), "default")

@@ -4,11 +4,13 @@ An experiment describes itself as a :class:`Task` (init, update rules, optimiser
 evaluate); :func:`train` owns everything else. The batch of step ``s`` is a pure function of
 ``(seed, s)`` (:func:`fdiv.data.train_indices`) and so is the step's randomness, so a run killed at
 any point and resumed from its latest checkpoint ends with bitwise the same state as one that was
-never interrupted.
+never interrupted. The batch of the next step is built on a background thread while the current
+step runs (:class:`Prefetcher`).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
 import math
@@ -31,6 +33,7 @@ from fdiv.train.writers import RunWriter
 __all__ = [
     "Dataset",
     "NonFiniteError",
+    "Prefetcher",
     "Task",
     "TrainConfig",
     "TrainResult",
@@ -166,6 +169,52 @@ def local_batch(dataset: Dataset, global_indices: np.ndarray) -> dict[str, np.nd
         global_indices, process_index=jax.process_index(), process_count=jax.process_count()
     )
     return _as_batch(dataset.get(local))
+
+
+class Prefetcher:
+    """``build(step)`` for each step of ``steps``, made one step ahead on a background thread.
+
+    :meth:`get` (called with the steps in order) returns ``build(step)`` and starts building the
+    next step's, so the host makes batch ``s + 1`` while step ``s`` runs (a jitted step returns
+    as soon as it is dispatched). Each batch is exactly what ``build`` gives for its step, so the
+    run is bitwise the same as without prefetching. An exception raised by ``build`` is raised by
+    the :meth:`get` of that step. :meth:`wait` lets the batch in progress finish; :meth:`close`
+    stops the thread (the batch in progress finishes, none is started).
+    """
+
+    def __init__(self, build: Callable[[int], Any], steps: range):
+        if steps.step != 1:
+            raise ValueError(f"steps must be consecutive, got {steps}")
+        self._build, self._stop = build, steps.stop
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fdiv-batch")
+        self._next: tuple[int, concurrent.futures.Future] | None = None
+        if len(steps):
+            self._next = (steps.start, self._pool.submit(build, steps.start))
+
+    def get(self, step: int) -> Any:
+        if self._next is None or self._next[0] != step:
+            building = None if self._next is None else self._next[0]
+            raise ValueError(f"asked for the batch of step {step}; building step {building}'s")
+        future = self._next[1]
+        self._next = None
+        batch = future.result()
+        if step + 1 < self._stop:
+            self._next = (step + 1, self._pool.submit(self._build, step + 1))
+        return batch
+
+    def wait(self) -> None:
+        if self._next is not None:
+            concurrent.futures.wait([self._next[1]])
+
+    def close(self) -> None:
+        self._next = None
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> Prefetcher:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def evaluate(
@@ -312,12 +361,12 @@ def _train(task, config, workdir, config_json, extension) -> TrainResult:
     predict_fn = None if task.predict is None else jax.jit(task.predict)
 
     def batch_for(step: int) -> dict[str, jax.Array]:
-        if task.train_data is None:
-            return {}
         indices = fdata.train_indices(
             step, num_examples=len(task.train_data), batch_size=config.batch_size, seed=config.seed
         )
         return parallel.global_batch(local_batch(task.train_data, indices), mesh)
+
+    prefetch: Prefetcher | None = None  # the next step's batch, built while this step runs
 
     pending: list[tuple[int, dict[str, jax.Array]]] = []  # device metrics not yet fetched
     # fetched and finite, not yet logged (after a resume: the restored step's open interval)
@@ -342,14 +391,18 @@ def _train(task, config, workdir, config_json, extension) -> TrainResult:
         return means
 
     def run_eval() -> tuple[dict[str, float], dict[str, np.ndarray]]:
+        if prefetch is not None:
+            prefetch.wait()  # no two threads ever read the datasets at once
         outputs = evaluate(task, state, config, mesh, predict_fn)
         summary = {f"eval/{k}": float(v) for k, v in task.summarize(outputs).items()}
         _check_eval(int(parallel.to_host(state.step)), summary)
         return summary, outputs
 
     try:
+        if task.train_data is not None:
+            prefetch = Prefetcher(batch_for, range(start, config.total_steps))
         for step in range(start, config.total_steps):
-            batch = batch_for(step)
+            batch = prefetch.get(step) if prefetch is not None else {}
             state, metrics = step_fn(state, batch)
             pending.append((step + 1, metrics))
             done = step + 1
@@ -390,6 +443,8 @@ def _train(task, config, workdir, config_json, extension) -> TrainResult:
                 writer.log_metrics({"step": final_step, **eval_metrics})
         checkpointer.wait()
     finally:
+        if prefetch is not None:
+            prefetch.close()
         writer.close()
         checkpointer.close()
 

@@ -32,16 +32,51 @@ DATA_AXIS = "data"
 
 
 def initialize_distributed(
-    *, num_processes: int, process_id: int, coordinator_address: str
+    *, num_processes: int, process_id: int, coordinator_address: str, auto: bool = False
 ) -> None:
     """``jax.distributed.initialize`` when the run is multi-process; a no-op for one process.
 
-    On CPU the cross-process collectives go through gloo. Must run before any other JAX call.
+    ``auto=True`` calls ``jax.distributed.initialize()`` without arguments: JAX detects the
+    coordinator, the process count and this process's id itself (Cloud TPU pods, SLURM, ...);
+    the three explicit settings must then keep their defaults (1, 0, ""). On CPU the
+    cross-process collectives go through gloo. Must run before any other JAX call.
+
+    Raises:
+      ValueError: ``auto`` together with an explicit setting.
+      RuntimeError: ``auto`` where JAX detects no cluster.
     """
-    if num_processes <= 1:
+    if auto:
+        explicit = {
+            name: value
+            for name, value, default in [
+                ("num_processes", num_processes, 1),
+                ("process_id", process_id, 0),
+                ("coordinator_address", coordinator_address, ""),
+            ]
+            if value != default
+        }
+        if explicit:
+            given = ", ".join(f"distributed.{k}={v!r}" for k, v in explicit.items())
+            raise ValueError(
+                f"distributed.auto=True detects the processes itself; it cannot be combined with "
+                f"{given}. Give either auto=True alone or the explicit num_processes / "
+                "process_id / coordinator_address"
+            )
+    elif num_processes <= 1:
         return
     if jax.config.jax_platforms in (None, "", "cpu") or jax.config.jax_platforms.startswith("cpu"):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if auto:
+        try:
+            jax.distributed.initialize()
+        except ValueError as e:  # what JAX raises when it detects no cluster
+            raise RuntimeError(
+                f"distributed.auto=True: jax.distributed.initialize() found no cluster to join "
+                f"({e}); auto-detection works on Cloud TPU pods, SLURM and the other clusters JAX "
+                "knows. Elsewhere give num_processes / process_id / coordinator_address, or run "
+                "one process without distributed.*"
+            ) from e
+        return
     jax.distributed.initialize(
         coordinator_address=coordinator_address or None,
         num_processes=num_processes,

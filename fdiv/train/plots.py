@@ -2,11 +2,13 @@
 
 Figures are drawn on a :class:`matplotlib.figure.Figure` with the Agg canvas directly, never
 through ``pyplot``: no global figure state, no GUI backend, safe in threads and on headless hosts.
-Parent directories of ``path`` are created.
+Parent directories of ``path`` are created; ``path`` may be local or ``gs://...``
+(:mod:`fdiv.train.paths`).
 """
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -17,6 +19,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from fdiv.metrics import CalibrationBins
+from fdiv.train import paths
 
 __all__ = ["image_grid", "line_plot", "reliability_diagram", "scatter_2d", "scatter_grid"]
 
@@ -25,9 +28,14 @@ def _save(fig: Figure, path: str | os.PathLike) -> None:
     path = os.fspath(path)
     parent = os.path.dirname(path)
     if parent:
-        os.makedirs(parent, exist_ok=True)
+        paths.makedirs(parent)
     FigureCanvasAgg(fig)
-    fig.savefig(path, format="png", dpi=fig.dpi)
+    if paths.is_local(path):
+        fig.savefig(path, format="png", dpi=fig.dpi)
+    else:  # gs://...: through etils.epath
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=fig.dpi)
+        paths.write_bytes(path, buffer.getvalue())
 
 
 def reliability_diagram(

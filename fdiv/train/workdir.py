@@ -6,24 +6,33 @@ if the run had never stopped.
   naming each differing field. Extending ``train.total_steps`` is allowed and recorded in
   ``extensions.jsonl``. :data:`EXEMPT` lists the fields that may change freely.
 - :class:`WorkdirLock`: an advisory ``fcntl`` lock on ``workdir/.lock`` (the OS drops it when the
-  holder dies, even on ``kill -9``); a second process exits at once naming the holder.
+  holder dies, even on ``kill -9``); a second process exits at once naming the holder. An advisory
+  lock needs a local filesystem: for a ``gs://`` workdir it is skipped, saying so once.
 - :func:`truncate_metrics`: on resume, ``metrics.jsonl`` is cut back to the restored step (a line
   cut mid-way by a kill is dropped), so the resumed run re-logs exactly what was lost;
   :func:`save_interval` keeps the open log interval's per-step metrics with each checkpoint, so
   the first mean after a resume is over the whole interval.
+
+Every file goes through :mod:`fdiv.train.paths` (``etils.epath``): the workdir may be local or
+``gs://...``.
 """
 
 from __future__ import annotations
 
 import datetime
 import fcntl
+import io
 import json
 import os
 import socket
+import sys
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+from etils import epath
+
+from fdiv.train import paths
 
 __all__ = [
     "EXEMPT",
@@ -84,10 +93,9 @@ def check_config(workdir: str, config: Mapping[str, Any]) -> dict[str, Any] | No
         its old and new value and the ways out.
     """
     path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
+    if not epath.Path(path).exists():
         return None
-    with open(path, encoding="utf-8") as f:
-        old = flatten(json.load(f))
+    old = flatten(json.loads(paths.read_text(path)))
     new = flatten(json.loads(json.dumps(config)))  # tuples -> lists, as the stored file has them
     missing = object()
     changed = sorted(
@@ -123,43 +131,44 @@ def record_extension(workdir: str, extension: Mapping[str, Any], at_step: int) -
         "at_step": at_step,
         "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
-    with open(os.path.join(workdir, "extensions.jsonl"), "a", encoding="utf-8") as f:
-        f.write(json.dumps(line, sort_keys=True) + "\n")
+    paths.append_text(
+        os.path.join(workdir, "extensions.jsonl"), json.dumps(line, sort_keys=True) + "\n"
+    )
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
     """The complete lines of ``workdir/metrics.jsonl`` (a final line cut by a kill is skipped)."""
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
-        return []
     records = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if not line.endswith("\n"):
-                break  # the write of this line was interrupted
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
+    for line in _metrics_lines(workdir):
+        if not line.endswith("\n"):
+            break  # the write of this line was interrupted
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
     return records
+
+
+def _metrics_lines(workdir: str) -> list[str]:
+    """The lines of ``workdir/metrics.jsonl`` with their ``\\n`` (none if it is missing)."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not epath.Path(path).exists():
+        return []
+    # a line cut by a kill may end inside a character: decode it anyway, it is dropped
+    return list(io.StringIO(paths.read_bytes(path).decode("utf-8", "replace")))
 
 
 def truncate_metrics(workdir: str, step: int) -> int:
     """Keep the lines of ``metrics.jsonl`` up to ``step`` (the restored checkpoint); returns how
-    many lines were dropped. Written to a temporary file and renamed (a kill here loses nothing)."""
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
+    many lines were dropped. Written whole, atomically (a kill here loses nothing)."""
+    total_lines = len(_metrics_lines(workdir))
+    if not total_lines:
         return 0
-    with open(path, encoding="utf-8") as f:
-        total_lines = sum(1 for _ in f)
     kept = [r for r in read_metrics(workdir) if int(r.get("step", 0)) <= step]
     if len(kept) == total_lines:
         return 0
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in kept:
-            f.write(json.dumps(r, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept)
+    paths.write_text(os.path.join(workdir, "metrics.jsonl"), text)
     return total_lines - len(kept)
 
 
@@ -173,10 +182,7 @@ def save_interval(workdir: str, step: int, metrics: list[Mapping[str, Any]], *, 
         {k: [float(v), str(np.asarray(v).dtype)] for k, v in m.items()} for m in metrics
     ]
     latest = sorted(stored, key=int)[-keep:]
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump({k: stored[k] for k in latest}, f)
-    os.replace(tmp, path)
+    paths.write_text(path, json.dumps({k: stored[k] for k in latest}))
 
 
 def load_interval(workdir: str, step: int) -> list[dict[str, np.ndarray]]:
@@ -188,30 +194,47 @@ def load_interval(workdir: str, step: int) -> list[dict[str, np.ndarray]]:
 def read_json(path: str) -> dict[str, Any]:
     """A JSON object file, or ``{}`` where it is missing or unreadable."""
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError):
+        return json.loads(paths.read_text(path))
+    except (OSError, ValueError):  # ValueError: JSONDecodeError, UnicodeDecodeError
         return {}
 
 
 # Locks held by this process, by path: re-entrant, so that an experiment can hold its workdir for
 # the whole run while the trainer inside takes it again.
 _HELD: dict[str, list] = {}
+_UNLOCKED: set[str] = set()  # non-local workdirs already told they are not locked
 
 
 class WorkdirLock:
     """Advisory exclusive lock on ``workdir/.lock``, released on :meth:`release` or process death.
+
+    An ``fcntl`` lock exists only on a local filesystem: for a workdir that is not local
+    (``gs://...``) the lock does nothing and :meth:`acquire` says once per workdir that the
+    workdir is not locked (one job per workdir is then up to the launcher).
 
     Raises:
       WorkdirBusyError: on :meth:`acquire` when another process holds it (names its pid and host).
     """
 
     def __init__(self, workdir: str):
+        self.workdir = workdir
+        self.path = None
+        if not paths.is_local(workdir):
+            return
         os.makedirs(workdir, exist_ok=True)
         self.path = os.path.realpath(os.path.join(workdir, ".lock"))
-        self.workdir = workdir
 
     def acquire(self) -> WorkdirLock:
+        if self.path is None:
+            if self.workdir not in _UNLOCKED:
+                _UNLOCKED.add(self.workdir)
+                print(
+                    f"note: {self.workdir} is not a local path: the workdir lock is skipped "
+                    "(advisory file locks are local); run one job per workdir",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            return self
         held = _HELD.get(self.path)
         if held is not None:
             held[1] += 1
