@@ -34,7 +34,7 @@ class DivergenceTerms(NamedTuple):
     dq: jax.Array
 
 
-def _generic_terms(g: gen.Generator, lp, lq, p, q) -> DivergenceTerms:
+def _generic_terms(g: gen.Generator, lp, lq, p, q, r) -> DivergenceTerms:
     """Any generator, evaluating ``f`` and its dual only at ratios <= 1 (no overflow).
 
     Where ``p <= q`` the term is ``q f(p/q)``; where ``p > q`` it is ``p f_dual(q/p)`` with
@@ -45,11 +45,11 @@ def _generic_terms(g: gen.Generator, lp, lq, p, q) -> DivergenceTerms:
     one is ``small f'(w) = big (w f'(w))`` with ``w = small / big``, and ``w f'(w)`` is formed from
     ``log w`` in closed form. (``small * f'(w)`` is ``0 * inf`` once ``|log(p/q)|`` passes the float
     range, which lost e.g. Jeffreys' ``-big`` limit: ``small`` underflows to 0 while its log is
-    finite.) A class whose log-probability is ``-inf`` gets exactly 0.
+    finite.) A class whose log-probability is ``-inf`` gets exactly 0. ``r = log(p/q)``.
     """
-    below = lp <= lq
+    below = r <= 0
     big = jnp.where(below, q, p)
-    log_w = -jnp.abs(lp - lq)  # log(small / big) <= 0; -inf where small = 0
+    log_w = -jnp.abs(r)  # log(small / big) <= 0; -inf where small = 0
 
     def small_times_f_prime(h):  # small * h'(w) = big * w h'(w); exactly 0 at a -inf logit
         return jnp.where(log_w == -jnp.inf, 0.0, big * h._u_f_prime_normalized(log_w))
@@ -75,29 +75,49 @@ def _generic_terms(g: gen.Generator, lp, lq, p, q) -> DivergenceTerms:
     return DivergenceTerms(term, dp, dq)
 
 
-def _kl_terms(lp, lq, p, q) -> DivergenceTerms:
-    """KL: ``term = p log(p/q) - p + q``, ``dp = p log(p/q)``, ``dq = q - p``."""
-    log_ratio = jnp.where(lp == -jnp.inf, 0.0, lp - lq)  # +inf where q = 0 < p: KL = inf
+def _near(r):
+    """Classes whose log-ratio is inside the generators' series radius, and ``r`` safe there."""
+    near = jnp.abs(r) < gen.NEAR_ONE_RADIUS
+    return near, jnp.where(near, r, 0.0)
+
+
+def _kl_terms(lp, lq, p, q, r) -> DivergenceTerms:
+    """KL: ``term = p log(p/q) - p + q``, ``dp = p log(p/q)``, ``dq = q - p``.
+
+    Near ``p = q`` the term and ``dq`` cancel; there they are ``q phi(r)`` (the generator's series)
+    and ``-q expm1(r)``.
+    """
+    log_ratio = jnp.where(lp == -jnp.inf, 0.0, r)  # +inf where q = 0 < p: KL = inf
     dp = nx.mul0(p, log_ratio)
-    return DivergenceTerms(dp - p + q, dp, q - p)
+    near, r_near = _near(r)  # not where p = 0 < q (r = -inf): the term is q there
+    term = jnp.where(near, q * gen.near_one(_KL, r_near), dp - p + q)
+    return DivergenceTerms(term, dp, jnp.where(near, -q * jnp.expm1(r_near), q - p))
 
 
-def _reverse_kl_terms(lp, lq, p, q) -> DivergenceTerms:
-    term, dq, dp = _kl_terms(lq, lp, q, p)
+def _reverse_kl_terms(lp, lq, p, q, r) -> DivergenceTerms:
+    term, dq, dp = _kl_terms(lq, lp, q, p, -r)
     return DivergenceTerms(term, dp, dq)
 
 
-def _js_terms(lp, lq, p, q) -> DivergenceTerms:
+def _js_terms(lp, lq, p, q, r) -> DivergenceTerms:
     """JS fast path: ``dp = p log(p/m)/2``, ``dq = q log(q/m)/2``, ``term = dp + dq``, ``m = (p+q)/2``.
 
-    ``log m`` is one ``log`` of the probability-space mixture (not a ``logaddexp``), floored by
-    ``max(log p, log q) - log 2``, which ``m`` always exceeds, so an ``m`` lost to underflow never
-    gives an infinite ``log(p/m)``.
+    Both logs from ``r = log(p/q)`` alone: ``log(p/m) = log 2 + min(r, 0) - log1p(e^-|r|)`` (finite
+    wherever ``p > 0``, even when ``m`` underflows) and ``log(q/m)`` the same at ``-r``; near
+    ``p = q`` (``|r| < R``), where those cancel, ``log(p/m) = -log1p(expm1(-r)/2)``, and the term,
+    which cancels too, is the series ``q phi(r)``.
     """
-    lm = jnp.maximum(jnp.log(0.5 * (p + q)), jnp.maximum(lp, lq) - math.log(2.0))
-    dp = 0.5 * nx.mul0(p, lp - lm)
-    dq = 0.5 * nx.mul0(q, lq - lm)
-    return DivergenceTerms(dp + dq, dp, dq)
+    near, r_near = _near(r)
+    soft = math.log(2.0) - jnp.log1p(jnp.exp(-jnp.abs(r)))
+    log_p_m = jnp.where(near, -jnp.log1p(0.5 * jnp.expm1(-r_near)), soft + jnp.minimum(r, 0.0))
+    log_q_m = jnp.where(near, -jnp.log1p(0.5 * jnp.expm1(r_near)), soft + jnp.minimum(-r, 0.0))
+    dp = 0.5 * nx.mul0(p, log_p_m)
+    dq = 0.5 * nx.mul0(q, log_q_m)
+    term = jnp.where(near, q * gen.near_one(_JS, r_near), dp + dq)
+    return DivergenceTerms(term, dp, dq)
+
+
+_KL, _JS = gen.KL(), gen.JS()
 
 
 def _log_abs_expm1(x):
@@ -110,21 +130,21 @@ def _log_abs_expm1(x):
     )
 
 
-def _power_terms(a: float, lp, lq, p, q) -> DivergenceTerms:
+def _power_terms(a: float, lp, lq, p, q, r) -> DivergenceTerms:
     """Alpha-family terms: the generic rule, plus log-space terms where the ratio is extreme.
 
     The log-space branch only runs (``lax.cond``) when some class of the block has
     ``|log(p/q)|`` beyond the threshold, so ordinary inputs pay for one rule, not two.
     """
-    far = jnp.abs(lp - lq) > min(20.0, 40.0 / max(abs(a), abs(a - 1.0)))
+    far = jnp.abs(r) > min(20.0, 40.0 / max(abs(a), abs(a - 1.0)))
     return jax.lax.cond(
         jnp.any(far),
-        lambda: _power_terms_far(a, lp, lq, p, q, far),
-        lambda: _generic_terms(gen.Alpha(a), lp, lq, p, q),
+        lambda: _power_terms_far(a, lp, lq, p, q, r, far),
+        lambda: _generic_terms(gen.Alpha(a), lp, lq, p, q, r),
     )
 
 
-def _power_terms_far(a: float, lp, lq, p, q, far) -> DivergenceTerms:
+def _power_terms_far(a: float, lp, lq, p, q, r, far) -> DivergenceTerms:
     """Alpha-divergence terms (Pearson = 2 alpha(2), Neyman = 2 alpha(-1)) exact at extreme ratios.
 
     The generic rule multiplies ``q`` by ``f'(v)``, which for power generators overflows long
@@ -133,8 +153,8 @@ def _power_terms_far(a: float, lp, lq, p, q, far) -> DivergenceTerms:
     ``q u^a = exp(a log p + (1 - a) log q)``, ``p f'(u) = p expm1((a - 1) d) / (a - 1)`` with
     ``d = log(p/q)``; below it (where those forms would cancel) the generic rule is exact.
     """
-    generic = _generic_terms(gen.Alpha(a), lp, lq, p, q)
-    d = lp - lq
+    generic = _generic_terms(gen.Alpha(a), lp, lq, p, q, r)
+    d = r
     log_q_ua = jnp.where(lp == -jnp.inf, -jnp.inf, a * lp) + jnp.where(
         lq == -jnp.inf, -jnp.inf, (1.0 - a) * lq
     )
@@ -185,11 +205,14 @@ def divergence_terms(
     log_q: jax.Array,
     p: jax.Array | None = None,
     q: jax.Array | None = None,
+    log_ratio: jax.Array | None = None,
 ) -> DivergenceTerms:
     """Per-class terms of ``D_f`` for normalised log-probabilities (see :class:`DivergenceTerms`).
 
     ``p = exp(log_p)`` and ``q = exp(log_q)`` may be passed when already at hand (a softmax gives
-    both from one ``exp``), saving two transcendentals per class.
+    both from one ``exp``), saving two transcendentals per class. ``log_ratio`` is ``log(p/q)``
+    (default ``log_p - log_q``); from logits, :func:`fdiv._numerics.log_ratio` forms it without
+    the cancellation of that difference (what :func:`value_and_logit_grads` passes).
 
     Classes absent from both distributions: the KL and JS rules give exact zeros there by
     themselves (every product is ``mul0`` with a zero probability); for the others they are handled
@@ -199,14 +222,17 @@ def divergence_terms(
     """
     p = jnp.exp(log_p) if p is None else p
     q = jnp.exp(log_q) if q is None else q
+    both = (log_p == -jnp.inf) & (log_q == -jnp.inf)
+    if log_ratio is None:
+        log_ratio = jnp.where(both, 0.0, log_p) - jnp.where(both, 0.0, log_q)
+    log_ratio = jnp.where(both, 0.0, log_ratio)
     fast = _fast_path(g)
     if fast in _ZERO_SAFE_RULES:
-        return fast(log_p, log_q, p, q)
-    both = (log_p == -jnp.inf) & (log_q == -jnp.inf)
+        return fast(log_p, log_q, p, q, log_ratio)
     lp, lq = jnp.where(both, 0.0, log_p), jnp.where(both, 0.0, log_q)
     p, q = jnp.where(both, 1.0, p), jnp.where(both, 1.0, q)
     rule = fast if fast is not None else functools.partial(_generic_terms, g)
-    terms = rule(lp, lq, p, q)
+    terms = rule(lp, lq, p, q, log_ratio)
     return DivergenceTerms(*(jnp.where(both, 0.0, t) for t in terms))
 
 
@@ -221,9 +247,10 @@ def value_and_logit_grads(g, p_logits, q_logits, *, need_p=True, need_q=True):
     log-probabilities and probabilities, the per-class terms give the value, and the softmax
     Jacobian gives ``dD/dx_p = dp - p sum(dp)``, ``dD/dx_q = dq - q sum(dq)``.
     """
-    lp, p = nx.log_softmax_and_softmax(p_logits)
-    lq, q = nx.log_softmax_and_softmax(q_logits)
-    term, dp, dq = divergence_terms(g, lp, lq, p, q)
+    lp, p, lse_p = nx.log_softmax_parts(p_logits)
+    lq, q, lse_q = nx.log_softmax_parts(q_logits)
+    log_ratio = nx.log_ratio(p_logits, q_logits, lse_p, lse_q, p, q)
+    term, dp, dq = divergence_terms(g, lp, lq, p, q, log_ratio)
     # A row whose logits are all -inf is no distribution: NaN, as jax.nn.log_softmax gives. Its
     # gradient is 0 so that a caller who masks such rows out does not get NaN gradients.
     empty = jnp.all(lp == -jnp.inf, axis=-1, keepdims=True)

@@ -603,8 +603,9 @@ def test_memory_temp_buffers():
     jitted value-and-grad w.r.t. q at V=4096 float32, JS, chunk_rows=16:
 
     - fused: no temporary grows with N (same temp at N=256 and N=1024: the only [N, V] array
-      is the gradient, an output), the temp is a few [chunk, V] buffers (<= 8, i.e. 50% of one
-      input at N=256), and below 10% of one input at chunk_rows=2;
+      is the gradient, an output), the temp is a few [chunk, V] buffers (<= 11, i.e. 69% of one
+      input at N=256; 10 since the log-ratio is refined from the logits, 7.5 before), and below
+      10% of one input at chunk_rows=2;
     - the plain autodiff composition (log_softmax, logaddexp mixture; checked against
       ``fdiv.divergence``) needs more than one whole input of temporaries.
     """
@@ -624,7 +625,7 @@ def test_memory_temp_buffers():
     one_input = 256 * v * 4
     chunk_buffer = chunk * v * 4
     assert abs(temps[1024] - temps[256]) <= 0.01 * temps[256], temps
-    assert temps[256] <= 8 * chunk_buffer, (temps[256], chunk_buffer)
+    assert temps[256] <= 11 * chunk_buffer, (temps[256], chunk_buffer)
     p, q = p[:256], q[:256]
     small_chunk = _temp_bytes(fused(2), p, q)
     assert small_chunk < 0.10 * one_input, (small_chunk, one_input)
