@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -272,3 +273,53 @@ def test_a_stray_step_folder_is_ignored(tmp_path, capsys):
     result = train(regression_task(), small_config(checkpoint_every=4, log_every=4), str(tmp_path))
     assert "checkpoint step 99" in capsys.readouterr().err
     assert result.summary["resumed_from"] == 8 and int(result.state.step) == 12
+
+
+def _changed_config_is_refused(
+    experiment, config, main_change, first_change, first_stage, tmp_path
+):
+    """Run ``config`` to the end; then a change of a main-stage field is refused at the main stage
+    (finished, and mid-run: no summary yet), and a change of a first-stage field at that stage,
+    each naming the field, with the first stage not recomputed."""
+    workdir = tmp_path / "run"
+    experiment.run(config(), str(workdir))
+    stage_log = workdir / first_stage / "metrics.jsonl"
+    logged = stage_log.read_text()
+    (field, value), (first_field, first_value) = main_change, first_change
+    with pytest.raises(wd.ConfigMismatchError, match=re.escape(field.rsplit(".", 1)[-1])):
+        experiment.run(config(**{field: value}), str(workdir))
+    os.remove(workdir / "summary.json")  # as if killed before the end
+    with pytest.raises(wd.ConfigMismatchError, match=re.escape(field.rsplit(".", 1)[-1])):
+        experiment.run(config(**{field: value}), str(workdir))
+    with pytest.raises(wd.ConfigMismatchError, match=re.escape(first_field.rsplit(".", 1)[-1])):
+        experiment.run(config(**{first_field: first_value}), str(workdir))
+    assert stage_log.read_text() == logged  # re-opened (finished), never trained again
+
+
+def test_the_lm_experiments_refuse_a_changed_main_or_base_stage(tmp_path):
+    from test_lm_experiments import tiny
+
+    from experiments import lm_fdpo
+
+    def config(**overrides):
+        return tiny("fdpo", **overrides)
+
+    _changed_config_is_refused(
+        lm_fdpo, config, ("beta", 0.25), ("base.steps", 31), "base", tmp_path
+    )
+
+
+def test_the_diffusion_experiment_refuses_a_changed_main_or_teacher_stage(tmp_path):
+    from test_fdistill import small
+
+    from experiments import fdistill
+
+    def config(**overrides):
+        c = small(**{"train": {"total_steps": 2, "log_every": 1}})
+        c.teacher.steps = 2
+        c.update_from_flattened_dict(overrides)
+        return c
+
+    _changed_config_is_refused(
+        fdistill, config, ("gan_weight", 0.0), ("teacher.steps", 3), "teacher", tmp_path
+    )
