@@ -150,11 +150,10 @@ def _power_terms_far(a: float, lp, lq, p, q, r, far) -> DivergenceTerms:
     The generic rule multiplies ``q`` by ``f'(v)``, which for power generators overflows long
     before the product does (``q / v^2 = p^2 / q`` is finite at ``p/q = e^50`` in float32, ``1/v^2``
     is not). Where ``|log(p/q)|`` exceeds a threshold the terms are formed in log space instead:
-    ``q u^a = exp(a log p + (1 - a) log q)``, ``p f'(u) = p expm1((a - 1) d) / (a - 1)`` with
-    ``d = log(p/q)``; below it (where those forms would cancel) the generic rule is exact.
+    ``q u^a = exp(a log p + (1 - a) log q)``, ``p f'(u) = p expm1((a - 1) r) / (a - 1)`` with
+    ``r = log(p/q)``; below it (where those forms would cancel) the generic rule is exact.
     """
     generic = _generic_terms(gen.Alpha(a), lp, lq, p, q, r)
-    d = r
     log_q_ua = jnp.where(lp == -jnp.inf, -jnp.inf, a * lp) + jnp.where(
         lq == -jnp.inf, -jnp.inf, (1.0 - a) * lq
     )
@@ -163,7 +162,7 @@ def _power_terms_far(a: float, lp, lq, p, q, r, far) -> DivergenceTerms:
     elif a > 1:  # q = 0 < p: +inf
         log_q_ua = jnp.where(lq == -jnp.inf, jnp.inf, log_q_ua)
     term = (jnp.exp(log_q_ua) - q - a * (p - q)) / (a * (a - 1.0))
-    x = (a - 1.0) * jnp.where(far, d, 1.0)
+    x = (a - 1.0) * jnp.where(far, r, 1.0)
     dp = jnp.where(lp == -jnp.inf, 0.0, jnp.sign(x) * jnp.exp(lp + _log_abs_expm1(x)) / (a - 1.0))
     return DivergenceTerms(
         jnp.where(far, term, generic.term),

@@ -29,6 +29,7 @@ convex ``f`` written in ``jax.numpy`` into a generator usable everywhere a catal
 from __future__ import annotations
 
 import abc
+import functools
 import math
 from collections.abc import Callable
 
@@ -178,11 +179,11 @@ class Generator(abc.ABC):
 # ~eps / |r|, 0.6 at r = 1e-7 in float32), the regime of every converged distillation run.
 NEAR_ONE_RADIUS = 0.5
 _FIT_DEGREE = 14  # of rho(r) = phi(r) / r^2; float64 uses all of it
-_FLOAT32_DEGREE = (
-    8  # enough for float32: the terms shrink like (R / pi)^n (singularities >= pi away)
-)
+# Enough for float32: the terms shrink like (R / pi)^n (every singularity is >= pi away).
+_FLOAT32_DEGREE = 8
 
 
+@functools.cache  # generators hash by name and parameters
 def _near_one_series(g: Generator) -> tuple[float, ...] | None:
     """Coefficients ``a_n`` with ``phi(r) = f_n(e^r) = r^2 sum_n a_n r^n`` on ``|r| <= R``, or None.
 
@@ -193,16 +194,6 @@ def _near_one_series(g: Generator) -> tuple[float, ...] | None:
     that is not smooth at 1 (total variation, a user's ``|u - 1|``) fails that and keeps the direct
     form. Computed once per generator (cached), eagerly, whatever trace it is first needed in.
     """
-    key = g._key()
-    if key not in _SERIES_CACHE:
-        _SERIES_CACHE[key] = _fit_near_one(g)
-    return _SERIES_CACHE[key]
-
-
-_SERIES_CACHE: dict = {}
-
-
-def _fit_near_one(g: Generator) -> tuple[float, ...] | None:
     import numpy as np
 
     R = NEAR_ONE_RADIUS
