@@ -190,7 +190,7 @@ def _fast_path(g: gen.Generator):
         return lambda *args: _scaled(2.0, _power_terms(-1.0, *args))
     # Near a = 0 or 1 the power form cancels, and the generic rule only overflows at
     # |log(p/q)| > 88 / |a - 1| or 88 / |a|: keep the generic rule there.
-    if kind is gen.Alpha and min(abs(g.alpha), abs(1.0 - g.alpha)) >= 0.05:
+    if kind is gen.Alpha and not g.traced and min(abs(g.alpha), abs(1.0 - g.alpha)) >= 0.05:
         return functools.partial(_power_terms, g.alpha)
     return None
 
@@ -315,10 +315,51 @@ def _put_rows(buf, rows, start):
     return jax.lax.dynamic_update_slice_in_dim(buf, rows.astype(buf.dtype), start, axis=0)
 
 
+# ------------------------------------------------------------------------------------------------
+# Hyperparameters: static where they are Python numbers, traced arguments where they are arrays.
+# ------------------------------------------------------------------------------------------------
+
+
+class Static(NamedTuple):
+    """The hashable half of a (generator, 1/tau) configuration: its tree and its Python numbers."""
+
+    treedef: object
+    leaves: tuple
+
+
+def split_config(g: gen.Generator, inv_tau) -> tuple[Static, tuple]:
+    """``(static, dynamic)`` for ``(g, inv_tau)``: Python-number leaves stay static (jit keys, trace-time
+    branches, the near-one series), arrays (tracers under jit / vmap / grad) become ``dynamic``, a
+    primal argument of the ``custom_jvp`` kernels, so a loss can be differentiated w.r.t. them."""
+    leaves, treedef = jax.tree.flatten((g, inv_tau))
+    static = tuple(x if nx.is_static(x) else None for x in leaves)
+    dynamic = tuple(None if nx.is_static(x) else x for x in leaves)
+    return Static(treedef, static), dynamic
+
+
+def merge_config(static: Static, dynamic: tuple):
+    """``(g, inv_tau)`` from :func:`split_config`'s halves."""
+    leaves = [d if s is None else s for s, d in zip(static.leaves, dynamic, strict=True)]
+    return jax.tree.unflatten(static.treedef, leaves)
+
+
+def hyperparameter_tangent(values_fn, dynamic, t_dynamic):
+    """Forward-mode derivative of ``values_fn(dynamic)`` along ``t_dynamic``, or ``None`` when no
+    traced hyperparameter is being differentiated (symbolic zeros only: the usual case)."""
+    tangents = jax.tree.leaves(t_dynamic, is_leaf=_is_zero)
+    if all(_is_zero(t) for t in tangents):
+        return None
+    filled = jax.tree.map(
+        lambda d, t: jnp.zeros_like(d) if _is_zero(t) else t, dynamic, t_dynamic, is_leaf=_is_zero
+    )
+    return jax.jvp(values_fn, (dynamic,), (filled,))[1]
+
+
 # jit with static configuration: eager callers hit a compile cache instead of re-tracing the
 # loop and its conds on every call.
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 6, 7))
-def _dense_forward(g, chunk, inv_tau, p, q, row_mask, need_p, need_q):
+@functools.partial(jax.jit, static_argnums=(0, 1, 6, 7))
+def _dense_forward(static, chunk, p, q, row_mask, dynamic, need_p, need_q):
+    g, inv_tau = merge_config(static, dynamic)
     n, _ = q.shape
     chunk = min(chunk, n)
     dtype = nx.compute_dtype(p, q)  # float32 for (b)float16, float64 stays float64
@@ -349,22 +390,37 @@ def _dense_forward(g, chunk, inv_tau, p, q, row_mask, need_p, need_q):
     return _chunk_loop(n, chunk, body, init)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2))
 def fused_dense(g, chunk, inv_tau, p, q, row_mask):
-    return _dense_forward(g, chunk, inv_tau, p, q, row_mask, False, False)[0]
+    """Per-row ``D_f`` of dense logits ``[N, V]`` scaled by ``inv_tau``, chunked, one custom_jvp.
+
+    ``g`` and ``inv_tau`` may be traced (see :func:`split_config`)."""
+    static, dynamic = split_config(g, inv_tau)
+    return _fused_dense(static, chunk, p, q, row_mask, dynamic)
 
 
-def _fused_dense_jvp(g, chunk, inv_tau, primals, tangents):
-    p, q, row_mask = primals
-    tp, tq, _ = tangents
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
+def _fused_dense(static, chunk, p, q, row_mask, dynamic):
+    return _dense_forward(static, chunk, p, q, row_mask, dynamic, False, False)[0]
+
+
+def _fused_dense_jvp(static, chunk, primals, tangents):
+    p, q, row_mask, dynamic = primals
+    tp, tq, _, t_dynamic = tangents
     need_p, need_q = not _is_zero(tp), not _is_zero(tq)
-    values, grad_p, grad_q = _dense_forward(g, chunk, inv_tau, p, q, row_mask, need_p, need_q)
+    values, grad_p, grad_q = _dense_forward(static, chunk, p, q, row_mask, dynamic, need_p, need_q)
     tangent = jnp.zeros_like(values)
     if need_p:
         tangent = tangent + jnp.sum(grad_p.astype(values.dtype) * tp.astype(values.dtype), axis=-1)
     if need_q:
         tangent = tangent + jnp.sum(grad_q.astype(values.dtype) * tq.astype(values.dtype), axis=-1)
+    t_hyper = hyperparameter_tangent(
+        lambda d: _dense_forward(static, chunk, p, q, row_mask, d, False, False)[0],
+        dynamic,
+        t_dynamic,
+    )
+    if t_hyper is not None:
+        tangent = tangent + t_hyper
     return values, tangent
 
 
-fused_dense.defjvp(_fused_dense_jvp, symbolic_zeros=True)
+_fused_dense.defjvp(_fused_dense_jvp, symbolic_zeros=True)

@@ -8,6 +8,7 @@ the branch not taken sees a harmless input and contributes an exact zero to the 
 from __future__ import annotations
 
 import functools
+import math
 import operator
 
 import jax
@@ -65,18 +66,22 @@ def mul0(weight: jax.Array, value: jax.Array) -> jax.Array:
     return jnp.where(is_zero, 0.0, weight * jnp.where(is_zero, 0.0, value))
 
 
-def expm1_over(a: float, x: jax.Array) -> jax.Array:
-    """``expm1(a x) / a``, continuous in the static scalar ``a`` (``x`` at ``a = 0``)."""
-    if a == 0:
-        return x
-    return jnp.expm1(a * x) / a
+def expm1_over(a, x: jax.Array) -> jax.Array:
+    """``expm1(a x) / a``, continuous in the scalar ``a`` (``x`` at ``a = 0``; traced ``a`` too)."""
+    if is_static(a):
+        return x if a == 0 else jnp.expm1(a * x) / a
+    zero = a == 0
+    safe = jnp.where(zero, 1.0, a)
+    return jnp.where(zero, x, jnp.expm1(safe * x) / safe)
 
 
-def log1p_over(a: float, x: jax.Array) -> jax.Array:
-    """``log1p(a x) / a``, continuous in the static scalar ``a`` (``x`` at ``a = 0``)."""
-    if a == 0:
-        return x
-    return jnp.log1p(a * x) / a
+def log1p_over(a, x: jax.Array) -> jax.Array:
+    """``log1p(a x) / a``, continuous in the scalar ``a`` (``x`` at ``a = 0``; traced ``a`` too)."""
+    if is_static(a):
+        return x if a == 0 else jnp.log1p(a * x) / a
+    zero = a == 0
+    safe = jnp.where(zero, 1.0, a)
+    return jnp.where(zero, x, jnp.log1p(safe * x) / safe)
 
 
 def log_softmax_and_softmax(logits: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -246,3 +251,49 @@ def positive_int(name: str, value) -> int:
     if value < 1:
         raise ValueError(message)
     return value
+
+
+# ------------------------------------------------------------------------------------------------
+# Hyperparameters: concrete (checked, specialised at trace time) or traced (jit / vmap / grad).
+# ------------------------------------------------------------------------------------------------
+
+
+def is_static(x) -> bool:
+    """Whether ``x`` is a Python (or NumPy) number, which the library may branch on at trace time."""
+    return isinstance(x, (int, float, np.number)) and not isinstance(x, bool)
+
+
+def hyperparameter(x):
+    """A scalar hyperparameter as a Python float when concrete, else unchanged (a traced or batched
+    array: under ``jit`` / ``vmap`` / ``grad``, or any array the caller means to trace)."""
+    if is_static(x):
+        return float(x)
+    if isinstance(x, jax.core.Tracer) or jnp.ndim(x) != 0:
+        return x
+    return float(x)  # a concrete 0-d array: a plain value
+
+
+def check_hyperparameter(name: str, value, ok, requirement: str):
+    """``value`` (via :func:`hyperparameter`), validated with ``ok(float) -> bool`` when it is a
+    Python float. Traced values cannot be checked at trace time and pass unchecked (documented)."""
+    value = hyperparameter(value)
+    if isinstance(value, float) and not ok(value):
+        raise ValueError(f"{name} must be {requirement}, got {value}")
+    return value
+
+
+def where_static(cond, if_true, if_false):
+    """``if_true if cond else if_false`` for a Python ``cond``; ``jnp.where`` for a traced one."""
+    if isinstance(cond, (bool, np.bool_)):
+        return if_true if cond else if_false
+    return jnp.where(cond, if_true, if_false)
+
+
+def log(x):
+    """``log x``: a Python float for a Python number (folded at trace time), else ``jnp.log``."""
+    return math.log(x) if is_static(x) else jnp.log(x)
+
+
+def log1p(x):
+    """``log1p x``: a Python float for a Python number, else ``jnp.log1p``."""
+    return math.log1p(x) if is_static(x) else jnp.log1p(x)

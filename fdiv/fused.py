@@ -45,6 +45,9 @@ from fdiv._core import (
     default_chunk_rows,
     divergence_terms,
     fused_dense,
+    hyperparameter_tangent,
+    merge_config,
+    split_config,
 )
 
 __all__ = ["TopKTeacher", "fused_divergence", "fused_linear_divergence", "default_chunk_rows"]
@@ -110,8 +113,9 @@ def _topk_chunk(g, indices, log_probs, q_chunk, inv_tau, need_q):
 
 # jit with static configuration: eager callers hit a compile cache instead of re-tracing the
 # loop and its conds on every call.
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 7))
-def _topk_forward(g, chunk, inv_tau, indices, log_probs, q, row_mask, need_q):
+@functools.partial(jax.jit, static_argnums=(0, 1, 7))
+def _topk_forward(static, chunk, indices, log_probs, q, row_mask, dynamic, need_q):
+    g, inv_tau = merge_config(static, dynamic)
     n, _ = q.shape
     chunk = min(chunk, n)
     init = (jnp.zeros((n,), jnp.float32), jnp.zeros(q.shape, q.dtype) if need_q else None)
@@ -135,35 +139,38 @@ def _topk_forward(g, chunk, inv_tau, indices, log_probs, q, row_mask, need_q):
     return _chunk_loop(n, chunk, body, init)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2))
-def _fused_topk(g, chunk, inv_tau, indices, log_probs, q, row_mask):
-    return _topk_forward(g, chunk, inv_tau, indices, log_probs, q, row_mask, False)[0]
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
+def _fused_topk(static, chunk, indices, log_probs, q, row_mask, dynamic):
+    return _topk_forward(static, chunk, indices, log_probs, q, row_mask, dynamic, False)[0]
 
 
-def _fused_topk_jvp(g, chunk, inv_tau, primals, tangents):
-    indices, log_probs, q, row_mask = primals
-    _, t_log_probs, tq, _ = tangents
+def _fused_topk_jvp(static, chunk, primals, tangents):
+    indices, log_probs, q, row_mask, dynamic = primals
+    _, t_log_probs, tq, _, t_dynamic = tangents
     if not _is_zero(t_log_probs):
         raise ValueError(
             "fused_divergence: a TopKTeacher's log_probs are data, not differentiable; "
             "wrap them in jax.lax.stop_gradient or pass dense teacher logits"
         )
     need_q = not _is_zero(tq)
-    values, grad_q = _topk_forward(g, chunk, inv_tau, indices, log_probs, q, row_mask, need_q)
+    values, grad_q = _topk_forward(static, chunk, indices, log_probs, q, row_mask, dynamic, need_q)
     tangent = jnp.zeros_like(values)
     if need_q:
         tangent = jnp.sum(grad_q.astype(jnp.float32) * tq.astype(jnp.float32), axis=-1)
-    return values, tangent
+    t_hyper = hyperparameter_tangent(
+        lambda d: _topk_forward(static, chunk, indices, log_probs, q, row_mask, d, False)[0],
+        dynamic,
+        t_dynamic,
+    )
+    return values, tangent if t_hyper is None else tangent + t_hyper
 
 
 _fused_topk.defjvp(_fused_topk_jvp, symbolic_zeros=True)
 
 
 def _check_temperature(temperature):
-    temperature = float(temperature)
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    return 1.0 / temperature
+    """``1 / tau``; a Python ``tau`` is checked, a traced one (e.g. an annealing schedule) is not."""
+    return 1.0 / nx.check_hyperparameter("temperature", temperature, lambda t: t > 0, "> 0")
 
 
 def _row_mask(where, shape):
@@ -229,8 +236,15 @@ def fused_divergence(
                 f"[..., k] with the rows {batch} of q_logits"
             )
         k = idx.shape[-1]
+        static, dynamic = split_config(g, inv_tau)
         values = _fused_topk(
-            g, chunk, inv_tau, idx.reshape(-1, k).astype(jnp.int32), lp.reshape(-1, k), q2, mask
+            static,
+            chunk,
+            idx.reshape(-1, k).astype(jnp.int32),
+            lp.reshape(-1, k),
+            q2,
+            mask,
+            dynamic,
         )
     else:
         p = jnp.asarray(p_logits)
@@ -262,8 +276,9 @@ def _teacher_chunk(teacher, start, chunk):
 
 # jit with static configuration: eager callers hit a compile cache instead of re-tracing the
 # loop and its conds on every call.
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 7, 8))
-def _linear_forward(g, chunk, inv_tau, hidden, weight, teacher, row_mask, need_h, need_w):
+@functools.partial(jax.jit, static_argnums=(0, 1, 7, 8))
+def _linear_forward(static, chunk, hidden, weight, teacher, row_mask, dynamic, need_h, need_w):
+    g, inv_tau = merge_config(static, dynamic)
     n, h_dim = hidden.shape
     chunk = min(chunk, n)
     init = (
@@ -299,18 +314,18 @@ def _linear_forward(g, chunk, inv_tau, hidden, weight, teacher, row_mask, need_h
     return _chunk_loop(n, chunk, body, init)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2, 3))
-def _fused_linear(g, chunk, inv_tau, scale, hidden, weight, teacher, row_mask):
-    total = _linear_forward(g, chunk, inv_tau, hidden, weight, teacher, row_mask, False, False)[0]
-    return total * scale(row_mask)
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2))
+def _fused_linear(static, chunk, scale, hidden, weight, teacher, row_mask, dynamic):
+    args = (hidden, weight, teacher, row_mask, dynamic, False, False)
+    return _linear_forward(static, chunk, *args)[0] * scale(row_mask)
 
 
-def _fused_linear_jvp(g, chunk, inv_tau, scale, primals, tangents):
-    hidden, weight, teacher, row_mask = primals
-    th, tw, _, _ = tangents  # the teacher is data: its tangent is ignored (documented)
+def _fused_linear_jvp(static, chunk, scale, primals, tangents):
+    hidden, weight, teacher, row_mask, dynamic = primals
+    th, tw, _, _, t_dynamic = tangents  # the teacher is data: its tangent is ignored (documented)
     need_h, need_w = not _is_zero(th), not _is_zero(tw)
     total, grad_h, grad_w = _linear_forward(
-        g, chunk, inv_tau, hidden, weight, teacher, row_mask, need_h, need_w
+        static, chunk, hidden, weight, teacher, row_mask, dynamic, need_h, need_w
     )
     s = scale(row_mask)
     tangent = jnp.zeros((), jnp.float32)
@@ -318,6 +333,15 @@ def _fused_linear_jvp(g, chunk, inv_tau, scale, primals, tangents):
         tangent = tangent + jnp.vdot(grad_h.astype(jnp.float32), th.astype(jnp.float32))
     if need_w:
         tangent = tangent + jnp.vdot(grad_w, tw.astype(jnp.float32))
+    t_hyper = hyperparameter_tangent(
+        lambda d: _linear_forward(
+            static, chunk, hidden, weight, teacher, row_mask, d, False, False
+        )[0],
+        dynamic,
+        t_dynamic,
+    )
+    if t_hyper is not None:
+        tangent = tangent + t_hyper
     return total * s, tangent * s
 
 
@@ -399,4 +423,5 @@ def fused_linear_divergence(
     if h2.shape[0] == 0:
         return jnp.zeros((), jnp.float32)
     scale = _mean_scale if reduction == "mean" else _sum_scale
-    return _fused_linear(g, chunk, inv_tau, scale, h2, weight, t2, mask)
+    static, dynamic = split_config(g, inv_tau)
+    return _fused_linear(static, chunk, scale, h2, weight, t2, mask, dynamic)

@@ -60,6 +60,15 @@ class Generator(abc.ABC):
     ``f'(inf) = lim f(u)/u``), so ``+inf`` is not a valid argument; bfloat16/float16 inputs are computed in float32 and
     returned in the input dtype.
 
+    A generator is a pytree whose leaves are its numeric hyperparameters (``alpha``, ``beta``,
+    ``lam``; none for the fixed ones): pass it through ``jax.jit`` / ``vmap`` / ``grad`` like any
+    argument, or build it inside a traced function (``get("alpha", alpha=a)`` with a traced ``a``).
+    Python-number parameters are validated and specialised at trace time (closed-form fast paths,
+    the near-``u = 1`` series); traced ones are not checked (they have no value yet), select their
+    special cases with ``jnp.where``, and use the direct forms near ``u = 1`` (see
+    :func:`_near_one`). With Python-number parameters a generator hashes by name and parameters
+    and works as a ``jit`` static argument.
+
     Attributes:
       name: registry name, e.g. ``"alpha"``.
       params: the generator's hyperparameters, e.g. ``{"alpha": 0.5}``.
@@ -68,13 +77,33 @@ class Generator(abc.ABC):
 
     name: str = "generator"
     f_prime_at_one: float = 0.0
+    # Attribute names of the numeric hyperparameters: the pytree leaves (children). Every other
+    # instance attribute is static pytree data and must be hashable.
+    _traceable: tuple[str, ...] = ()
+    # Constructor parameters that are static (e.g. skew_js' ``normalize``), listed in ``params``.
+    _static_params: tuple[str, ...] = ()
 
-    def __init__(self):
-        self.params: dict = {}
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        jax.tree_util.register_pytree_node(cls, _flatten, functools.partial(_unflatten, cls))
 
-    # -- identity: generators are static (hashable) configuration, usable as jit static args --
+    @property
+    def params(self) -> dict:
+        return {n: getattr(self, n) for n in (*self._traceable, *self._static_params)}
+
+    @property
+    def traced(self) -> bool:
+        """Whether any hyperparameter is an array (traced or batched) rather than a Python number."""
+        return not all(nx.is_static(x) for x in jax.tree.leaves(self))
+
+    # -- identity: with Python-number parameters, hashable (usable as jit static arguments) --
     def _key(self):
-        return (type(self), self.name, tuple(sorted(self.params.items())))
+        children, aux = _flatten(self)
+        # Arrays compare by identity: `==` on a tracer is not a Python bool.
+        leaves = tuple(
+            c if nx.is_static(c) or isinstance(c, Generator) else ("array", id(c)) for c in children
+        )
+        return (type(self), aux, leaves)
 
     def __eq__(self, other):
         return isinstance(other, Generator) and self._key() == other._key()
@@ -134,12 +163,14 @@ class Generator(abc.ABC):
 
     def _f_normalized_direct(self, log_u):
         c = self.f_prime_at_one
-        return self._f(log_u) if c == 0 else self._f(log_u) - c * jnp.expm1(log_u)
+        if nx.is_static(c) and c == 0:
+            return self._f(log_u)
+        return self._f(log_u) - c * jnp.expm1(log_u)
 
     def _u_f_prime_normalized_direct(self, log_u):
         c = self.f_prime_at_one
         value = self._u_f_prime(log_u)
-        return value if c == 0 else value - c * jnp.exp(log_u)
+        return value if nx.is_static(c) and c == 0 else value - c * jnp.exp(log_u)
 
     def _u_f_prime(self, log_u):
         """``u f'(u) = d f / d log u``: the factor the categorical rule multiplies the larger
@@ -148,6 +179,10 @@ class Generator(abc.ABC):
         finite ``f(0+)``); generators whose ``f'`` grows like ``1/u`` override it in closed form.
         """
         return nx.mul0(jnp.exp(log_u), self._f_prime(log_u))
+
+    def _near_one_traced(self, log_u, direct, *, derivative: bool):
+        """:func:`_near_one` for traced parameters: ``direct`` unless a subclass has a series."""
+        return direct
 
     def _slope_at_infinity(self, like):
         """``f'(inf) = lim f(u)/u``, which is ``dual.f(0+)``, shaped like ``like``."""
@@ -168,6 +203,20 @@ class Generator(abc.ABC):
 
     def _conjugate(self, t):
         return _numeric_conjugate(self, t)
+
+
+def _flatten(g: Generator):
+    children = tuple(getattr(g, n) for n in g._traceable)
+    aux = tuple(sorted((k, v) for k, v in vars(g).items() if k not in g._traceable))
+    return children, aux
+
+
+def _unflatten(cls, aux, children) -> Generator:
+    """Rebuild without ``__init__``: the leaves may be tracers or batched arrays (not validated)."""
+    g = object.__new__(cls)
+    vars(g).update(aux)
+    vars(g).update(zip(cls._traceable, children, strict=True))
+    return g
 
 
 # ------------------------------------------------------------------------------------------------
@@ -219,7 +268,14 @@ def _near_one_series(g: Generator) -> tuple[float, ...] | None:
 
 def _near_one(g: Generator, log_u, direct, *, derivative: bool):
     """``direct`` where ``|log u| >= R``; below, the series of ``phi(r) = f_n(e^r)`` (``derivative=
-    False``) or of ``phi'(r) = u f_n'(u)`` (``derivative=True``), to the dtype's precision."""
+    False``) or of ``phi'(r) = u f_n'(u)`` (``derivative=True``), to the dtype's precision.
+
+    The series is fitted from concrete parameters; with traced ones (``g.traced``) a generator's
+    closed-form series is used where it has one (alpha), else the direct form, whose relative error
+    near ``u = 1`` is ~``eps / |log u|``.
+    """
+    if g.traced:
+        return g._near_one_traced(log_u, direct, derivative=derivative)
     if _near_one_series(g) is None:
         return direct
     near = jnp.abs(log_u) < NEAR_ONE_RADIUS
@@ -247,15 +303,22 @@ def near_one(g: Generator, r, *, derivative: bool = False):
 class _Dual(Generator):
     """``v f(1/v)`` computed from ``f`` (used when no closed-form dual is registered)."""
 
-    def __init__(self, base: Generator):
-        super().__init__()
-        self.base = base
-        self.name = f"dual({base!r})"
-        # f_dual'(1) = f(1) - f'(1) = -f'(1)
-        self.f_prime_at_one = -base.f_prime_at_one
+    _traceable = ("base",)
 
-    def _key(self):
-        return (_Dual, self.base._key())
+    def __init__(self, base: Generator):
+        self.base = base
+
+    @property
+    def name(self):
+        return f"dual({self.base!r})"
+
+    @property
+    def f_prime_at_one(self):
+        return -self.base.f_prime_at_one  # f_dual'(1) = f(1) - f'(1) = -f'(1)
+
+    @property
+    def params(self):
+        return {}
 
     @property
     def dual(self):
@@ -366,10 +429,14 @@ class SkewJS(Generator):
     """
 
     name = "skew_js"
+    _traceable = ("beta",)
+    _static_params = ("normalize",)
 
     def __init__(self, beta: float = 0.5, normalize: bool = False):
-        beta = float(beta)
-        if normalize:
+        beta = nx.hyperparameter(beta)
+        if not isinstance(beta, float):
+            pass  # traced: unchecked; the KL end points (normalize=True) need a Python beta
+        elif normalize:
             if not 0.0 <= beta <= 1.0:
                 raise ValueError(f"skew_js: beta must be in [0, 1] with normalize=True, got {beta}")
         elif not 0.0 < beta < 1.0:
@@ -377,25 +444,33 @@ class SkewJS(Generator):
                 f"skew_js: beta must be in (0, 1), got {beta} (the unnormalised form is identically "
                 "0 at the ends; use normalize=True for the KL limits)"
             )
-        super().__init__()
-        self.params = {"beta": beta, "normalize": bool(normalize)}
         self.beta = beta
-        self.scale = 1.0 / (beta * (1.0 - beta)) if normalize and 0 < beta < 1 else 1.0
         self.normalize = bool(normalize)
+
+    @property
+    def scale(self):
+        b = self.beta
+        if not self.normalize or (nx.is_static(b) and b in (0.0, 1.0)):
+            return 1.0
+        return 1.0 / (b * (1.0 - b))
+
+    def _at_end(self, end: float) -> bool:
+        """Whether beta is the Python number ``end`` (0 or 1): the ends have their own forms."""
+        return nx.is_static(self.beta) and self.beta == end
 
     def _log_m(self, l):
         b = self.beta
-        if b == 0:
+        if self._at_end(0.0):
             return jnp.zeros_like(l)
-        if b == 1:
+        if self._at_end(1.0):
             return l
-        return jnp.logaddexp(math.log(b) + l, math.log1p(-b))
+        return jnp.logaddexp(nx.log(b) + l, nx.log1p(-b))
 
     def _f(self, l):
         b = self.beta
-        if self.normalize and b == 0:
+        if self.normalize and self._at_end(0.0):
             return KL()._f(l) - jnp.expm1(l)
-        if self.normalize and b == 1:
+        if self.normalize and self._at_end(1.0):
             return ReverseKL()._f(l) + jnp.expm1(l)
         # beta u log u - m log m = -beta u log(m/u) - (1 - beta) log m, with
         # log(m/u) = logaddexp(log beta, log(1 - beta) - l) formed without cancelling at large u.
@@ -405,16 +480,18 @@ class SkewJS(Generator):
 
     def _log_m_over_u(self, l):
         b = self.beta
-        return jnp.logaddexp(math.log(b), math.log1p(-b) - l)
+        return jnp.logaddexp(nx.log(b), nx.log1p(-b) - l)
 
     def _f_prime(self, l):
         b = self.beta
-        if self.normalize and b in (0.0, 1.0):
-            return l if b == 0 else -jnp.expm1(-l)
+        if self.normalize and self._at_end(0.0):
+            return l
+        if self.normalize and self._at_end(1.0):
+            return -jnp.expm1(-l)
         return -b * self._log_m_over_u(l) * self.scale
 
     def _u_f_prime(self, l):
-        if self.normalize and self.beta == 1.0:
+        if self.normalize and self._at_end(1.0):
             return jnp.expm1(l)  # u (1 - 1/u)
         return super()._u_f_prime(l)
 
@@ -425,7 +502,7 @@ class SkewJS(Generator):
 
     def _weight(self, l):
         b = self.beta
-        if self.normalize and b == 1:
+        if self.normalize and self._at_end(1.0):
             return jnp.ones_like(l)
         k = 1.0 if self.normalize else b * (1.0 - b)
         return k * jnp.exp(l - self._log_m(l))
@@ -457,10 +534,11 @@ class JS(SkewJS):
     """
 
     name = "js"
+    _traceable = ()  # beta = 1/2 is static data; the name says it all
+    _static_params = ()
 
     def __init__(self):
         super().__init__(beta=0.5)
-        self.params = {}  # the name says it all
 
     def _f_prime(self, l):
         return 0.5 * (l + _LOG2 - jnp.logaddexp(l, 0.0))
@@ -690,44 +768,88 @@ class Alpha(Generator):
     """
 
     name = "alpha"
+    _traceable = ("alpha",)
 
     def __init__(self, alpha: float = 0.5):
-        alpha = float(alpha)
-        if not math.isfinite(alpha):
-            raise ValueError(f"alpha: alpha must be a finite real number, got {alpha}")
-        super().__init__()
-        self.params = {"alpha": alpha}
+        alpha = nx.check_hyperparameter(
+            "alpha: alpha", alpha, math.isfinite, "a finite real number"
+        )
         self.alpha = alpha
 
     def _f(self, l):
         a = self.alpha
-        if a < 0.5:
-            # [expm1(a l)/a - expm1(l)] / (a - 1): exact for a near 0.
-            return (nx.expm1_over(a, l) - jnp.expm1(l)) / (a - 1.0)
-        # [u f'(u) - (u - 1)] / a: exact for a near 1 (u f'(u) below never cancels or gives 0 * inf).
-        return (self._u_f_prime(l) - jnp.expm1(l)) / a
+        low = a < 0.5
+        # Below 1/2: [expm1(a l)/a - expm1(l)] / (a - 1), exact for a near 0. Above: [u f'(u) -
+        # (u - 1)] / a, exact for a near 1 (u f'(u) never cancels or gives 0 * inf). A traced a
+        # evaluates both, each at a harmless a where the other is selected.
+        a_low, a_high = nx.where_static(low, a, 0.0), nx.where_static(low, 1.0, a)
+        if nx.is_static(a) and not low:
+            value_low = None
+        else:
+            value_low = (nx.expm1_over(a_low, l) - jnp.expm1(l)) / (a_low - 1.0)
+        if nx.is_static(a) and low:
+            return value_low
+        value_high = (self._u_f_prime_at(a_high, l) - jnp.expm1(l)) / a_high
+        return value_high if value_low is None else jnp.where(low, value_low, value_high)
 
     def _f_prime(self, l):
         return nx.expm1_over(self.alpha - 1.0, l)
 
+    def _near_one_traced(self, log_u, direct, *, derivative: bool):
+        """The Taylor series in ``r = log u`` for any (traced) ``a``:
+        ``f_n(e^r) = sum_{n >= 2} S_{n-2} r^n / n!``, ``S_k = 1 + a + ... + a^k`` (from
+        ``e^{ar} - a e^r - (1 - a)`` over ``a (a - 1)``), and its ``d/dr``, ``u f_n'(u)``. Used for
+        ``|r| < 1/2 / max(1, |a|)``, where ``|a r| <= 1/2`` and 10 (float32) or 16 (float64) terms
+        reach the dtype's precision; beyond it the direct form does not cancel badly.
+        """
+        a = self.alpha
+        near = jnp.abs(log_u) * jnp.maximum(1.0, jnp.abs(a)) < NEAR_ONE_RADIUS
+        r = jnp.where(near, log_u, 0.0)
+        n_terms = 16 if jnp.result_type(r) == jnp.float64 else 10
+        sums = [jnp.ones_like(a)]
+        for _ in range(n_terms - 1):
+            sums.append(1.0 + a * sums[-1])
+        # phi = r^2 sum_m S_m r^m / (m + 2)!;  phi' = r sum_m S_m r^m / (m + 1)!
+        shift = 1 if derivative else 2
+        total = jnp.zeros_like(r)
+        for m in range(n_terms - 1, -1, -1):  # Horner
+            total = total * r + sums[m] / math.factorial(m + shift)
+        series = total * (r if derivative else r * r)
+        return jnp.where(near, series, direct)
+
     def _u_f_prime(self, l):
+        return self._u_f_prime_at(self.alpha, l)
+
+    @staticmethod
+    def _u_f_prime_at(a, l):
         # u (u^(a-1) - 1) / (a - 1): exp(l) expm1_over(a - 1, l) while |(a - 1) l| <= 1 (no
         # cancellation near a = 1), (exp(a l) - exp(l)) / (a - 1) beyond (no overflow, no 0 * inf).
-        e = self.alpha - 1.0
-        if e == 0:
+        e = a - 1.0
+        if nx.is_static(e) and e == 0:
             return nx.xexpx(l)
         far = jnp.abs(e * l) > 1.0
         l_near = jnp.where(far, 0.0, l)
         l_far = jnp.where(far, l, 0.0)
         near = jnp.exp(l_near) * nx.expm1_over(e, l_near)
-        far_val = (jnp.exp(self.alpha * l_far) - jnp.exp(l_far)) / e
+        if not nx.is_static(e):  # a traced a = 1: u log u, exact at u = 0 (never "far" there)
+            near = jnp.where(e == 0, nx.xexpx(l_near), near)
+        e_far = nx.where_static(e == 0, 1.0, e)
+        far_val = (jnp.exp(a * l_far) - jnp.exp(l_far)) / e_far
         return jnp.where(far, far_val, near)
 
     def _f_double_prime(self, l):
-        return jnp.ones_like(l) if self.alpha == 2 else jnp.exp((self.alpha - 2.0) * l)
+        return self._power_of_u(self.alpha - 2.0, l)
 
     def _weight(self, l):
-        return jnp.ones_like(l) if self.alpha == 0 else jnp.exp(self.alpha * l)
+        return self._power_of_u(self.alpha, l)
+
+    @staticmethod
+    def _power_of_u(k, l):
+        """``u^k = exp(k l)``, exactly 1 at ``k = 0`` (also at ``u = 0``, where ``0 * -inf``)."""
+        if nx.is_static(k):
+            return jnp.ones_like(l) if k == 0 else jnp.exp(k * l)
+        zero = k == 0
+        return jnp.where(zero, 1.0, jnp.exp(k * jnp.where(zero, 0.0, l)))
 
     def _conjugate(self, t):
         a = self.alpha
@@ -735,7 +857,10 @@ class Alpha(Generator):
         inside = s >= 0  # at s = 0 the formula gives the edge value (-1/a or +inf) by itself
         ts = jnp.where(inside, t, 0.0)
         value = nx.expm1_over(a, nx.log1p_over(a - 1.0, ts))
-        outside = -1.0 / a if a > 1.0 else jnp.inf
+        if nx.is_static(a):
+            outside = -1.0 / a if a > 1.0 else jnp.inf
+        else:
+            outside = jnp.where(a > 1.0, -1.0 / a, jnp.inf)
         return jnp.where(inside, value, outside)
 
     @property
@@ -773,8 +898,8 @@ class GAN(Generator):
 
 
 def _check_lam(name, lam):
-    lam = float(lam)
-    if not 0.0 <= lam < 1.0:
+    lam = nx.hyperparameter(lam)
+    if isinstance(lam, float) and not 0.0 <= lam < 1.0:
         raise ValueError(
             f"{name}: lam must be in [0, 1), got {lam} (lam = 1 is the zero divergence)"
         )
@@ -790,19 +915,20 @@ class SkewKL(Generator):
     """
 
     name = "skew_kl"
+    _traceable = ("lam",)
 
     def __init__(self, lam: float = 0.1):
-        lam = _check_lam("skew_kl", lam)
-        super().__init__()
-        self.params = {"lam": lam}
-        self.lam = lam
-        self.f_prime_at_one = 1.0 - lam
+        self.lam = _check_lam("skew_kl", lam)
+
+    @property
+    def f_prime_at_one(self):
+        return 1.0 - self.lam
 
     def _log_m(self, l):
         lam = self.lam
-        if lam == 0:
+        if nx.is_static(lam) and lam == 0:
             return jnp.zeros_like(l)
-        return jnp.logaddexp(math.log(lam) + l, math.log1p(-lam))
+        return jnp.logaddexp(nx.log(lam) + l, nx.log1p(-lam))
 
     def _f(self, l):
         log_m = self._log_m(l)
@@ -820,11 +946,11 @@ class SkewKL(Generator):
 
     def _conjugate(self, t):
         lam = self.lam
-        if lam == 0:
+        if nx.is_static(lam) and lam == 0:
             return jnp.exp(t - 1.0)
-        inside = t <= -math.log(lam)
+        inside = t <= -nx.log(lam)
         ts = jnp.where(inside, t, 0.0)
-        x = -jnp.exp(math.log(lam) + ts - 1.0)
+        x = -jnp.exp(nx.log(lam) + ts - 1.0)
         x = jnp.maximum(x, -1.0 / math.e)  # rounding at the edge t = -log(lam)
         value = (1.0 - lam) * jnp.exp(ts - 1.0 - nx.lambertw0(x))
         return jnp.where(inside, value, jnp.inf)
@@ -844,19 +970,20 @@ class SkewReverseKL(Generator):
     """
 
     name = "skew_reverse_kl"
+    _traceable = ("lam",)
 
     def __init__(self, lam: float = 0.1):
-        lam = _check_lam("skew_reverse_kl", lam)
-        super().__init__()
-        self.params = {"lam": lam}
-        self.lam = lam
-        self.f_prime_at_one = -(1.0 - lam)
+        self.lam = _check_lam("skew_reverse_kl", lam)
+
+    @property
+    def f_prime_at_one(self):
+        return -(1.0 - self.lam)
 
     def _log_m(self, l):
         lam = self.lam
-        if lam == 0:
+        if nx.is_static(lam) and lam == 0:
             return l
-        return jnp.logaddexp(math.log(lam), math.log1p(-lam) + l)
+        return jnp.logaddexp(nx.log(lam), nx.log1p(-lam) + l)
 
     def _f(self, l):
         return -self._log_m(l)
@@ -871,7 +998,7 @@ class SkewReverseKL(Generator):
         return (1.0 - self.lam) ** 2 * jnp.exp(-2.0 * self._log_m(l))
 
     def _weight(self, l):
-        if self.lam == 0:
+        if nx.is_static(self.lam) and self.lam == 0:
             return jnp.ones_like(l)
         return (1.0 - self.lam) ** 2 * jnp.exp(2.0 * (l - self._log_m(l)))
 
@@ -879,8 +1006,10 @@ class SkewReverseKL(Generator):
         lam = self.lam
         neg = t < 0
         tn = jnp.where(neg, t, -1.0)
-        value = -1.0 - lam * tn / (1.0 - lam) + math.log1p(-lam) - jnp.log(-tn)
-        if lam > 0:
+        value = -1.0 - lam * tn / (1.0 - lam) + nx.log1p(-lam) - jnp.log(-tn)
+        if not nx.is_static(lam):  # lam > 0 assumed (a traced lam = 0 gives the same here)
+            value = jnp.where(lam * tn <= -(1.0 - lam), jnp.log(lam), value)
+        elif lam > 0:
             value = jnp.where(tn <= -(1.0 - lam) / lam, math.log(lam), value)
         return jnp.where(neg, value, jnp.inf)
 
@@ -915,14 +1044,10 @@ class FromFunction(Generator):
     """A generator built from a convex ``f(u)`` written in ``jax.numpy`` (see :func:`from_function`)."""
 
     def __init__(self, fn, *, name, slope_at_infinity, f_prime_at_one):
-        super().__init__()
-        self.fn = fn
+        self.fn = fn  # static pytree data: hashed and compared by identity
         self.name = name
         self.slope = slope_at_infinity
         self.f_prime_at_one = f_prime_at_one
-
-    def _key(self):
-        return (FromFunction, id(self.fn), self.name, self.slope)
 
     def _u(self, l):
         return jnp.exp(l)

@@ -237,19 +237,18 @@ def fdistill_weight(
       (f-distill).
     """
     generator = gen.resolve(generator)
-    if logit_clamp is not None and not logit_clamp > 0:
-        raise ValueError(f"logit_clamp must be > 0 or None, got {logit_clamp}")
+    if logit_clamp is not None:
+        logit_clamp = nx.check_hyperparameter("logit_clamp", logit_clamp, lambda c: c > 0, "> 0")
     if ratio_clip is not None:
         try:
-            lo, hi = (float(v) for v in ratio_clip)
+            lo, hi = (nx.hyperparameter(v) for v in ratio_clip)
         except (TypeError, ValueError) as err:
             raise ValueError(
                 f"ratio_clip must be a pair (lo, hi) or None, got {ratio_clip!r}"
             ) from err
-        if not 0.0 < lo < hi:
+        if nx.is_static(lo) and nx.is_static(hi) and not 0.0 < lo < hi:
             raise ValueError(f"ratio_clip must be (lo, hi) with 0 < lo < hi, got {ratio_clip!r}")
-    if not 0.0 <= momentum < 1.0:
-        raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+    nx.check_hyperparameter("momentum", momentum, lambda m: 0.0 <= m < 1.0, "in [0, 1)")
     if stats is not None and bins is None:
         raise ValueError("bins must be given with stats (one noise-level bin per example)")
 
@@ -300,8 +299,7 @@ def dmd_normalizer(x: ArrayLike, x_hat_teacher: ArrayLike, *, eps: float = 1e-6)
     References:
       Yin et al. (2024), Improved Distribution Matching Distillation (DMD2).
     """
-    if not eps > 0:
-        raise ValueError(f"eps must be > 0, got {eps}")
+    nx.check_hyperparameter("eps", eps, lambda e: e > 0, "> 0")
     dtype = _common_dtype(x, x_hat_teacher)
     diff = _compute(x, dtype) - _compute(x_hat_teacher, dtype)
     return jax.lax.stop_gradient(1.0 / (_mean_trailing(jnp.abs(diff)) + eps))
@@ -439,8 +437,8 @@ def denoising_score_loss(
 def _check_distance(distance: str, c: float) -> None:
     if distance not in _DISTANCES:
         raise ValueError(f"distance must be one of {', '.join(_DISTANCES)}; got {distance!r}")
-    if distance == "pseudo_huber" and not c > 0:
-        raise ValueError(f"c must be > 0 for the pseudo-Huber distance, got {c}")
+    if distance == "pseudo_huber":
+        nx.check_hyperparameter("c", c, lambda v: v > 0, "> 0 for the pseudo-Huber distance")
 
 
 def _distance_and_derivative(y: jax.Array, distance: str, c: float):

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
+from fdiv import _numerics as nx
 from fdiv import generators as gen
 from fdiv import transport
 from fdiv.divergences import divergence
@@ -31,8 +32,7 @@ __all__ = [
 
 
 def _check_temperature(temperature: float) -> None:
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    nx.check_hyperparameter("temperature", temperature, lambda t: t > 0, "> 0")
 
 
 def cross_entropy(logits: ArrayLike, labels: ArrayLike) -> jax.Array:
@@ -261,8 +261,7 @@ def sinkd_loss(
 
     ``c = sinkhorn_scale``; the Sinkhorn term is :func:`sinkhorn_distillation` on the batch.
     """
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    nx.check_hyperparameter("alpha", alpha, lambda a: 0.0 <= a <= 1.0, "in [0, 1]")
     per_example = kd_loss(
         student_logits,
         teacher_logits,

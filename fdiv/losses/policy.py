@@ -326,8 +326,7 @@ def moving_average(average: ArrayLike, value: ArrayLike, *, decay: float) -> jax
     Raises:
       ValueError: ``decay`` outside ``[0, 1)``.
     """
-    if not 0.0 <= decay < 1.0:
-        raise ValueError(f"decay must be in [0, 1), got {decay}")
+    nx.check_hyperparameter("decay", decay, lambda d: 0.0 <= d < 1.0, "in [0, 1)")
     average, value = nx.in_compute_dtype(average, value)
     return decay * average + (1.0 - decay) * value
 
@@ -372,8 +371,9 @@ def dph_penalty(
     keep = _mask(where, jnp.broadcast_shapes(log_pi.shape, log_pi0.shape))
     log_u = jnp.where(keep, log_pi - jax.lax.stop_gradient(log_pi0), 0.0)
     value = g.f(log_u)
-    if g.f_prime_at_one:
-        value = value - g.f_prime_at_one * jnp.expm1(log_u)
+    c = g.f_prime_at_one  # traced for a traced skew generator
+    if not (nx.is_static(c) and c == 0):
+        value = value - c * jnp.expm1(log_u)
     value = jnp.where(keep, value, 0.0)
     count = jnp.sum(keep, axis=-1)
     return jnp.sum(value, axis=-1) / jnp.maximum(count, 1).astype(value.dtype)
@@ -395,8 +395,7 @@ def group_advantages(rewards: ArrayLike, *, normalize: bool = True, eps: float =
       Shao et al. (2024), DeepSeekMath: Pushing the Limits of Mathematical Reasoning in Open
       Language Models (GRPO).
     """
-    if not eps >= 0:
-        raise ValueError(f"eps must be >= 0, got {eps}")
+    nx.check_hyperparameter("eps", eps, lambda e: e >= 0, ">= 0")
     (rewards,) = nx.in_compute_dtype(rewards)
     centred = rewards - jnp.mean(rewards, axis=-1, keepdims=True)
     if not normalize:
@@ -437,8 +436,7 @@ def grpo_loss(
       Schulman et al. (2017), Proximal Policy Optimization Algorithms; Shao et al. (2024),
       DeepSeekMath (GRPO).
     """
-    if not 0.0 < clip_epsilon < 1.0:
-        raise ValueError(f"clip_epsilon must be in (0, 1), got {clip_epsilon}")
+    nx.check_hyperparameter("clip_epsilon", clip_epsilon, lambda e: 0.0 < e < 1.0, "in (0, 1)")
     arrays = [log_pi_tokens, advantages]
     if old_log_pi_tokens is not None:
         arrays.append(old_log_pi_tokens)

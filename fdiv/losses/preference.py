@@ -89,10 +89,12 @@ def _resolve(divergence: str | gen.Generator, alpha: float) -> str | gen.Generat
             f"divergence must be a name or a fdiv.generators.Generator, got {divergence!r}"
         )
     if divergence in DIVERGENCES:
-        if divergence == "alpha" and not 0.0 < alpha < 1.0:
-            raise ValueError(
-                f"alpha must be in (0, 1) (the f-DPO paper's alpha), got {alpha}; "
-                "alpha -> 0 is DPO, alpha -> 1 the forward KL"
+        if divergence == "alpha":
+            nx.check_hyperparameter(
+                "alpha",
+                alpha,
+                lambda a: 0.0 < a < 1.0,
+                "in (0, 1) (the f-DPO paper's alpha; alpha -> 0 is DPO, alpha -> 1 the forward KL)",
             )
         return divergence
     try:
@@ -105,10 +107,9 @@ def _resolve(divergence: str | gen.Generator, alpha: float) -> str | gen.Generat
 
 
 def _check(beta: float | None, max_exponent: float) -> None:
-    if beta is not None and not beta > 0:
-        raise ValueError(f"beta must be > 0, got {beta}")
-    if not max_exponent > 0:
-        raise ValueError(f"max_exponent must be > 0, got {max_exponent}")
+    if beta is not None:
+        nx.check_hyperparameter("beta", beta, lambda b: b > 0, "> 0")
+    nx.check_hyperparameter("max_exponent", max_exponent, lambda m: m > 0, "> 0")
 
 
 def _clamp(x, lo, hi):
@@ -259,8 +260,9 @@ def fdpo_loss(
       Wang et al. (2023), Beyond Reverse KL: Generalizing Direct Preference Optimization with
       Diverse Divergence Constraints; Rafailov et al. (2023), DPO.
     """
-    if not 0.0 <= label_smoothing < 0.5:
-        raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
+    label_smoothing = nx.check_hyperparameter(
+        "label_smoothing", label_smoothing, lambda e: 0.0 <= e < 0.5, "in [0, 0.5)"
+    )
     z = fdpo_logits(
         policy_chosen,
         policy_rejected,
@@ -272,7 +274,7 @@ def fdpo_loss(
         max_exponent=max_exponent,
     )
     loss = -jax.nn.log_sigmoid(z)
-    if label_smoothing:
+    if not (nx.is_static(label_smoothing) and label_smoothing == 0):
         loss = (1.0 - label_smoothing) * loss - label_smoothing * jax.nn.log_sigmoid(-z)
     return loss
 

@@ -130,8 +130,7 @@ def _check_backspace(backspace, num_actions: int | None = None) -> int:
 
 
 def _check_gamma(gamma: float) -> None:
-    if not 0.0 <= gamma <= 1.0:
-        raise ValueError(f"gamma must be in [0, 1], got {gamma}")
+    nx.check_hyperparameter("gamma", gamma, lambda g: 0.0 <= g <= 1.0, "in [0, 1]")
 
 
 def _as_transitions(transitions: Transitions) -> Transitions:
@@ -298,8 +297,7 @@ def sequencematch_loss(
     References:
       Cundy, Ermon (2023), SequenceMatch; Garg et al. (2021), IQ-Learn.
     """
-    if not alpha > 0:
-        raise ValueError(f"alpha must be > 0, got {alpha}")
+    nx.check_hyperparameter("alpha", alpha, lambda a: a > 0, "> 0")
     kwargs = dict(backspace=backspace, terminal_length=terminal_length, gamma=gamma)
     data = _as_transitions(data)
     policy = _as_transitions(policy)
