@@ -31,6 +31,7 @@ EXPERIMENTS = {
     "fdpg": "experiments.lm_fdpg",
     "dphrl": "experiments.lm_dphrl",
     "seqmatch": "experiments.lm_seqmatch",
+    "dkm": "experiments.dkm",
 }
 
 
