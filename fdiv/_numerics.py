@@ -66,22 +66,24 @@ def mul0(weight: jax.Array, value: jax.Array) -> jax.Array:
     return jnp.where(is_zero, 0.0, weight * jnp.where(is_zero, 0.0, value))
 
 
-def expm1_over(a, x: jax.Array) -> jax.Array:
-    """``expm1(a x) / a``, continuous in the scalar ``a`` (``x`` at ``a = 0``; traced ``a`` too)."""
+def _over(fn, a, x: jax.Array) -> jax.Array:
+    """``fn(a x) / a`` for ``fn`` with ``fn(0) = 0``, ``fn'(0) = 1``: continuous in the scalar ``a``
+    (``x`` at ``a = 0``), which may be a Python number (branch at trace time) or traced."""
     if is_static(a):
-        return x if a == 0 else jnp.expm1(a * x) / a
+        return x if a == 0 else fn(a * x) / a
     zero = a == 0
     safe = jnp.where(zero, 1.0, a)
-    return jnp.where(zero, x, jnp.expm1(safe * x) / safe)
+    return jnp.where(zero, x, fn(safe * x) / safe)
+
+
+def expm1_over(a, x: jax.Array) -> jax.Array:
+    """``expm1(a x) / a``, continuous in the scalar ``a`` (``x`` at ``a = 0``; traced ``a`` too)."""
+    return _over(jnp.expm1, a, x)
 
 
 def log1p_over(a, x: jax.Array) -> jax.Array:
     """``log1p(a x) / a``, continuous in the scalar ``a`` (``x`` at ``a = 0``; traced ``a`` too)."""
-    if is_static(a):
-        return x if a == 0 else jnp.log1p(a * x) / a
-    zero = a == 0
-    safe = jnp.where(zero, 1.0, a)
-    return jnp.where(zero, x, jnp.log1p(safe * x) / safe)
+    return _over(jnp.log1p, a, x)
 
 
 def log_softmax_and_softmax(logits: jax.Array) -> tuple[jax.Array, jax.Array]:
