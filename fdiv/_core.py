@@ -76,22 +76,50 @@ def _generic_terms(g: gen.Generator, lp, lq, p, q, r) -> DivergenceTerms:
 
 
 def _near(r):
-    """Classes whose log-ratio is inside the generators' series radius, and ``r`` safe there."""
-    near = jnp.abs(r) < gen.NEAR_ONE_RADIUS
-    return near, jnp.where(near, r, 0.0)
+    """Classes whose log-ratio is inside the generators' series radius, and ``r`` clipped to it
+    (finite everywhere: a series evaluated where it is not used stays harmless)."""
+    radius = gen.NEAR_ONE_RADIUS
+    return jnp.abs(r) < radius, jnp.clip(r, -radius, radius)
+
+
+def _times_log(prob, x):
+    """``prob * x`` for a log ``x`` that is never ``+inf`` and is ``-inf`` only where ``prob = 0``
+    (product 0 there). Cheaper than :func:`fdiv._numerics.mul0`: no ``where``."""
+    return prob * jnp.maximum(x, jnp.finfo(x.dtype).min)
+
+
+def _small_over_big(p, q):
+    """``min(p, q) / max(p, q) = e^-|r|`` from the probabilities (a division, not an ``exp``);
+    0 where both are 0."""
+    return jnp.minimum(p, q) / _nonzero(jnp.maximum(p, q))
+
+
+def _nonzero(x):
+    """``x`` with its zeros replaced by 1, as a divisor: a ``max(x, tiny)`` floor would make the
+    division's second derivative ``0 / tiny^2 = 0 / 0`` (NaN Hessians at masked classes)."""
+    return jnp.where(x > 0, x, 1.0)
+
+
+def _one_minus_exp_neg(r, p, q, scale=1.0):
+    """``1 - e^(-scale |r|)`` for ``scale`` 1 or 1/2, exact to its own size: its Taylor series near
+    ``p = q`` (``|r| < R``), ``1 - min(p, q) / max(p, q)`` (or its square root) elsewhere, where
+    it is at least ``1 - e^(-scale R)`` and so does not cancel."""
+    near, r_near = _near(r)
+    w = _small_over_big(p, q)
+    far = 1.0 - (w if scale == 1.0 else jnp.sqrt(w))
+    return jnp.where(near, -nx.expm1_near(-scale * jnp.abs(r_near)), far)
 
 
 def _kl_terms(lp, lq, p, q, r) -> DivergenceTerms:
     """KL: ``term = p log(p/q) - p + q``, ``dp = p log(p/q)``, ``dq = q - p``.
 
     Near ``p = q`` the term and ``dq`` cancel; there they are ``q phi(r)`` (the generator's series)
-    and ``-q expm1(r)``.
+    and ``-q expm1(r)`` (its Taylor series: no transcendental anywhere in this rule).
     """
-    log_ratio = jnp.where(lp == -jnp.inf, 0.0, r)  # +inf where q = 0 < p: KL = inf
-    dp = nx.mul0(p, log_ratio)
+    dp = nx.mul0(p, r)  # +inf where q = 0 < p: KL = inf; 0 where p underflows to 0 there
     near, r_near = _near(r)  # not where p = 0 < q (r = -inf): the term is q there
     term = jnp.where(near, q * gen.near_one(_KL, r_near), dp - p + q)
-    return DivergenceTerms(term, dp, jnp.where(near, -q * jnp.expm1(r_near), q - p))
+    return DivergenceTerms(term, dp, jnp.where(near, -q * nx.expm1_near(r_near), q - p))
 
 
 def _reverse_kl_terms(lp, lq, p, q, r) -> DivergenceTerms:
@@ -102,18 +130,127 @@ def _reverse_kl_terms(lp, lq, p, q, r) -> DivergenceTerms:
 def _js_terms(lp, lq, p, q, r) -> DivergenceTerms:
     """JS fast path: ``dp = p log(p/m)/2``, ``dq = q log(q/m)/2``, ``term = dp + dq``, ``m = (p+q)/2``.
 
-    Both logs from ``r = log(p/q)`` alone: ``log(p/m) = log 2 + min(r, 0) - log1p(e^-|r|)`` (finite
-    wherever ``p > 0``, even when ``m`` underflows) and ``log(q/m)`` the same at ``-r``; near
-    ``p = q`` (``|r| < R``), where those cancel, ``log(p/m) = -log1p(expm1(-r)/2)``, and the term,
-    which cancels too, is the series ``q phi(r)``.
+    ``log(p/m) = log 2 + min(r, 0) - log1p(w)`` with ``w = min(p, q) / max(p, q) = e^-|r|``
+    (finite wherever ``p > 0``, even when ``m`` underflows; ``w`` from the probabilities costs a
+    division instead of an ``exp``, and where it underflows ``log1p(w)`` is below rounding anyway),
+    ``log(q/m)`` the same at ``-r``. Near ``p = q`` (``|r| < R``), where those cancel, the generator's
+    series give ``term = q phi(r)``, ``dp = q phi'(r)`` (``p d term/dp = q u f_n'(u)``) and
+    ``dq = term - dp``, which does not cancel (``dp ~ r``, ``term ~ r^2``).
     """
     near, r_near = _near(r)
-    soft = math.log(2.0) - jnp.log1p(jnp.exp(-jnp.abs(r)))
-    log_p_m = jnp.where(near, -jnp.log1p(0.5 * jnp.expm1(-r_near)), soft + jnp.minimum(r, 0.0))
-    log_q_m = jnp.where(near, -jnp.log1p(0.5 * jnp.expm1(r_near)), soft + jnp.minimum(-r, 0.0))
-    dp = 0.5 * nx.mul0(p, log_p_m)
-    dq = 0.5 * nx.mul0(q, log_q_m)
-    term = jnp.where(near, q * gen.near_one(_JS, r_near), dp + dq)
+    soft = math.log(2.0) - jnp.log1p(_small_over_big(p, q))
+    dp = 0.5 * _times_log(p, soft + jnp.minimum(r, 0.0))
+    dq = 0.5 * _times_log(q, soft + jnp.minimum(-r, 0.0))
+    phi = q * gen.near_one(_JS, r_near)
+    d_phi = q * gen.near_one(_JS, r_near, derivative=True)
+    return DivergenceTerms(
+        jnp.where(near, phi, dp + dq), jnp.where(near, d_phi, dp), jnp.where(near, phi - d_phi, dq)
+    )
+
+
+def _squared_hellinger_terms(lp, lq, p, q, r) -> DivergenceTerms:
+    """Squared Hellinger, ``(sqrt p - sqrt q)^2``: with ``big = max(p, q)`` and ``t = e^-|r|/2 =
+    sqrt(min / max)``, ``a = 1 - t``,
+
+        term = big a^2,   d(big) = big - sqrt(p q) = big a,   d(small) = small - sqrt(p q) = -big t a
+
+    (``dp``, ``dq`` by which is larger; their sum is the term). One ``sqrt`` and one division per
+    class; ``a`` from :func:`_one_minus_exp_neg`, exact near ``p = q``. Zero-safe: ``p = 0 < q``
+    gives ``(q, 0, q)``, ``p = q = 0`` (``r = 0``) zeros.
+    """
+    a = _one_minus_exp_neg(r, p, q, scale=0.5)
+    big = jnp.maximum(p, q)
+    term, d_big, d_small = big * jnp.square(a), big * a, -big * (1.0 - a) * a
+    below = r <= 0
+    return DivergenceTerms(term, jnp.where(below, d_small, d_big), jnp.where(below, d_big, d_small))
+
+
+def _total_variation_terms(lp, lq, p, q, r) -> DivergenceTerms:
+    """Total variation, ``|p - q| / 2``: ``term = max(p, q) (1 - e^-|r|) / 2`` (exact near
+    ``p = q``, see :func:`_one_minus_exp_neg`), ``dp = sign(r) p / 2``,
+    ``dq = -sign(r) q / 2`` (the subgradient 0 where ``p = q``, as the generic rule's ``sign``).
+    No transcendental. Zero-safe: ``p = 0 < q`` gives ``(q/2, 0, q/2)``, ``p = q = 0`` zeros."""
+    a = _one_minus_exp_neg(r, p, q)
+    s = 0.5 * jnp.sign(r)
+    return DivergenceTerms(0.5 * jnp.maximum(p, q) * a, s * p, -s * q)
+
+
+def _pearson_terms(lp, lq, p, q, r) -> DivergenceTerms:
+    """Pearson: ``term = q e^2``, ``dp = 2 p e``, ``dq = term - dp = -q e (e + 2)``, ``e = p/q - 1``.
+
+    Near ``p = q`` (``|r| < R``) ``e = expm1(r)`` is its Taylor series, exact to its own size, and
+    nothing cancels (``term`` and ``-dp`` have the same sign). Elsewhere one ``exp`` per class, of
+    ``x = log(p u) = log p + r`` where ``p > q`` and of ``x = r`` where ``p <= q``:
+
+    - ``p <= q``: ``e = e^r - 1`` (relative error <= 1.6 ulp at ``r <= -R``), and the forms above;
+    - ``p > q``: with ``v = p u = p^2 / q`` and ``w = q / p``, ``term = q (u - 1)^2 = v (1 - w)^2``,
+      ``dp = 2 p (u - 1) = 2 (v - p)`` and ``dq = -q (u^2 - 1) = q - v``: no cancellation
+      (``w <= e^-R``), the larger probability as factor (a subnormal ``q`` costs no precision), and
+      ``v`` overflows only where the true value does (``+inf`` where ``q = 0 < p``, whose ``dq`` is
+      exactly 0).
+
+    Zero-safe: ``p = 0 < q`` gives ``(q, 0, q)``, ``p = q = 0`` (``r = 0``) zeros.
+    """
+    near, r_near = _near(r)
+    pos = r > 0
+    ex = jnp.exp(jnp.where(pos, lp + r, r))  # v where p > q, u elsewhere
+    # e is only used where p <= q (u <= 1) or near; capped at 0 so that it stays finite (and the
+    # unused branch autodiff-safe) where p > q.
+    e = jnp.where(near, nx.expm1_near(r_near), jnp.minimum(ex, 1.0) - 1.0)
+    term_q = (q * e) * e
+    dp_q = 2.0 * p * e
+    # w = q / p where p > q: p is 0 there only with q (both underflowing, r finite; w = 0 then);
+    # at most 1 elsewhere, again so that the unused branch stays finite.
+    w = jnp.minimum(q / _nonzero(p), 1.0)
+    closed = near | ~pos
+    term = jnp.where(closed, term_q, ex * jnp.square(1.0 - w))
+    dp = jnp.where(closed, dp_q, 2.0 * (ex - p))
+    dq = jnp.where(closed, term_q - dp_q, jnp.where(lq == -jnp.inf, q, q - ex))  # q = 0: 0
+    return DivergenceTerms(term, dp, dq)
+
+
+def _neyman_terms(lp, lq, p, q, r) -> DivergenceTerms:
+    """Neyman: ``D(P || Q)`` is Pearson's ``D(Q || P)``, so its rule with the roles swapped."""
+    term, dq, dp = _pearson_terms(lq, lp, q, p, -r)
+    return DivergenceTerms(term, dp, dq)
+
+
+def _skew_reverse_kl_terms(g, lp, lq, p, q, r) -> DivergenceTerms:
+    """Skew reverse KL, ``f(u) = -log m``, ``m = lam + (1 - lam) u``, normalised:
+
+        term = (1 - lam)(p - q) - q log m
+        dp   = (1 - lam)^2 p K            K = (u - 1) / m = (p - q) / (lam q + (1 - lam) p)
+        dq   = lam (1 - lam) q K - q log m   (= term - dp)
+
+    all from ``E = expm1(-|r|)`` in ``[-1, 0]``, never overflowing: for ``r <= 0``, ``u = 1 + E``,
+    ``m = 1 + (1 - lam) E``; for ``r > 0``, ``1/u = 1 + E``, ``m = u (1 + lam E)``. So with
+    ``c = 1 - lam`` (``r <= 0``) or ``lam`` (``r > 0``) and ``D = 1 + c E >= min(lam, 1 - lam)``:
+    ``log m = max(r, 0) + log1p(c E)`` and ``K = E / D`` (``r <= 0``) or ``-E / D`` (``r > 0``),
+    neither of which cancels. ``E`` is ``min(p, q) / max(p, q) - 1`` for ``|r| >= R`` (a division
+    instead of an ``expm1``) and its Taylor series below (:func:`_one_minus_exp_neg`). Near ``p = q`` the term (a difference of ``O(r)`` quantities) is ``q phi(r)``
+    from the generator's series and ``dq = term - dp`` (``dp ~ r``, ``term ~ r^2``). One
+    transcendental per class (``log1p``), against the generic rule's evaluation of ``f`` and its
+    dual. Zero-safe: ``q = 0 < p`` gives ``((1 - lam) p, (1 - lam) p, 0)``, ``p = 0 < q`` gives
+    ``(-q log lam - (1 - lam) q, 0, term)``, ``p = q = 0`` (``r = 0``) zeros. ``0 < lam < 1``, static.
+    """
+    lam = g.lam
+    near, r_near = _near(r)
+    e = -_one_minus_exp_neg(r, p, q)
+    pos = r > 0
+    ce = jnp.where(pos, lam * e, (1.0 - lam) * e)
+    k = jnp.where(pos, -e, e) / (1.0 + ce)
+    # q log m, 0 where q = 0 < p (log m = inf there, finite wherever q > 0)
+    q_log_m = q * jnp.minimum(jnp.maximum(r, 0.0) + jnp.log1p(ce), jnp.finfo(p.dtype).max)
+    dp = (1.0 - lam) ** 2 * p * k
+    phi = q * gen.near_one(g, r_near)
+    term = jnp.where(near, phi, (1.0 - lam) * (p - q) - q_log_m)
+    dq = jnp.where(near, phi - dp, lam * (1.0 - lam) * q * k - q_log_m)
+    return DivergenceTerms(term, dp, dq)
+
+
+def _skew_kl_terms(g, lp, lq, p, q, r) -> DivergenceTerms:
+    """Skew KL, ``KL(P || lam P + (1 - lam) Q)``: skew reverse KL with the roles swapped."""
+    term, dq, dp = _skew_reverse_kl_terms(g.dual, lq, lp, q, p, -r)
     return DivergenceTerms(term, dp, dq)
 
 
@@ -131,7 +268,8 @@ def _log_abs_expm1(x):
 
 
 def _power_terms(a: float, lp, lq, p, q, r) -> DivergenceTerms:
-    """Alpha-family terms: the generic rule, plus log-space terms where the ratio is extreme.
+    """Alpha-family terms for ``a < 0`` or ``a > 1``: the generic rule, plus log-space terms
+    where the ratio is extreme.
 
     The log-space branch only runs (``lax.cond``) when some class of the block has
     ``|log(p/q)|`` beyond the threshold, so ordinary inputs pay for one rule, not two.
@@ -171,10 +309,6 @@ def _power_terms_far(a: float, lp, lq, p, q, r, far) -> DivergenceTerms:
     )
 
 
-def _scaled(scale: float, terms: DivergenceTerms) -> DivergenceTerms:
-    return DivergenceTerms(*(scale * t for t in terms))
-
-
 def _fast_path(g: gen.Generator):
     """Closed-form per-class terms for generators that have them, else ``None``."""
     kind = type(g)
@@ -184,18 +318,41 @@ def _fast_path(g: gen.Generator):
         return _reverse_kl_terms
     if kind is gen.JS:
         return _js_terms
+    if kind is gen.SquaredHellinger:
+        return _squared_hellinger_terms
+    if kind is gen.TotalVariation:
+        return _total_variation_terms
     if kind is gen.Pearson:
-        return lambda *args: _scaled(2.0, _power_terms(2.0, *args))
+        return _pearson_terms
     if kind is gen.Neyman:
-        return lambda *args: _scaled(2.0, _power_terms(-1.0, *args))
-    # Near a = 0 or 1 the power form cancels, and the generic rule only overflows at
-    # |log(p/q)| > 88 / |a - 1| or 88 / |a|: keep the generic rule there.
-    if kind is gen.Alpha and not g.traced and min(abs(g.alpha), abs(1.0 - g.alpha)) >= 0.05:
+        return _neyman_terms
+    if kind in (gen.SkewKL, gen.SkewReverseKL) and not g.traced:
+        if g.lam == 0:
+            return _kl_terms if kind is gen.SkewKL else _reverse_kl_terms
+        if gen._near_one_series(g) is not None:  # smooth at 1 for every lam < 1; checked anyway
+            rule = _skew_kl_terms if kind is gen.SkewKL else _skew_reverse_kl_terms
+            return functools.partial(rule, g)
+    # Alpha outside [0, 1]: the generic rule's w^a or w^(1 - a) (w = min/max <= 1) overflows at
+    # |log(p/q)| > 88 / |a| or 88 / |a - 1| in float32 while the term may not: log-space terms
+    # there. Inside [0, 1] it never overflows, and near a = 0 or 1 the power form would cancel
+    # (and the overflow is far out): the generic rule is exact there on its own.
+    if kind is gen.Alpha and not g.traced and (g.alpha < -0.05 or g.alpha > 1.05):
         return functools.partial(_power_terms, g.alpha)
     return None
 
 
-_ZERO_SAFE_RULES = (_kl_terms, _reverse_kl_terms, _js_terms)
+# Rules exact at classes absent from both distributions by themselves (zero products, r = 0).
+_ZERO_SAFE_RULES = (
+    _kl_terms,
+    _reverse_kl_terms,
+    _js_terms,
+    _squared_hellinger_terms,
+    _total_variation_terms,
+    _pearson_terms,
+    _neyman_terms,
+    _skew_kl_terms,
+    _skew_reverse_kl_terms,
+)
 
 
 def divergence_terms(
@@ -210,11 +367,11 @@ def divergence_terms(
 
     ``p = exp(log_p)`` and ``q = exp(log_q)`` may be passed when already at hand (a softmax gives
     both from one ``exp``), saving two transcendentals per class. ``log_ratio`` is ``log(p/q)``
-    (default ``log_p - log_q``); from logits, :func:`fdiv._numerics.log_ratio` forms it without
-    the cancellation of that difference (what :func:`value_and_logit_grads` passes).
+    (default ``log_p - log_q``); from logits, :func:`fdiv._numerics.log_softmax_pair` forms it
+    without the cancellation of that difference (what :func:`value_and_logit_grads` passes).
 
-    Classes absent from both distributions: the KL and JS rules give exact zeros there by
-    themselves (every product is ``mul0`` with a zero probability); for the others they are handled
+    Classes absent from both distributions: the closed-form rules (``_ZERO_SAFE_RULES``) give exact
+    zeros there by themselves (zero products, ``r = 0``); for the others they are handled
     here, once: the rule sees them as ``p = q = 1`` (a harmless finite point) and their terms are
     set to exactly 0 after. (Masking the closed-form rules too would cost them ~0.5 GB of extra
     working memory at [2048, 32000], measured with benchmarks/categorical.py.)
@@ -226,7 +383,7 @@ def divergence_terms(
         log_ratio = jnp.where(both, 0.0, log_p) - jnp.where(both, 0.0, log_q)
     log_ratio = jnp.where(both, 0.0, log_ratio)
     fast = _fast_path(g)
-    if fast in _ZERO_SAFE_RULES:
+    if getattr(fast, "func", fast) in _ZERO_SAFE_RULES:
         return fast(log_p, log_q, p, q, log_ratio)
     lp, lq = jnp.where(both, 0.0, log_p), jnp.where(both, 0.0, log_q)
     p, q = jnp.where(both, 1.0, p), jnp.where(both, 1.0, q)
@@ -236,7 +393,9 @@ def divergence_terms(
 
 
 def _sum_terms(term):
-    return jnp.sum(jnp.maximum(term, 0.0), axis=-1)  # each term is >= 0 exactly; drop rounding
+    # Each term is >= 0 exactly: drop rounding (NaN stays NaN). A where, not jnp.maximum: XLA's CPU
+    # reduction would take maximum's zero operand as one more [rows, V] buffer.
+    return jnp.sum(jnp.where(term < 0, 0.0, term), axis=-1)
 
 
 def value_and_logit_grads(g, p_logits, q_logits, *, need_p=True, need_q=True):
@@ -246,14 +405,10 @@ def value_and_logit_grads(g, p_logits, q_logits, *, need_p=True, need_q=True):
     log-probabilities and probabilities, the per-class terms give the value, and the softmax
     Jacobian gives ``dD/dx_p = dp - p sum(dp)``, ``dD/dx_q = dq - q sum(dq)``.
     """
-    lp, p, lse_p = nx.log_softmax_parts(p_logits)
-    lq, q, lse_q = nx.log_softmax_parts(q_logits)
-    log_ratio = nx.log_ratio(p_logits, q_logits, lse_p, lse_q, p, q)
+    lp, p, lq, q, log_ratio, empty = nx.log_softmax_pair(p_logits, q_logits)
     term, dp, dq = divergence_terms(g, lp, lq, p, q, log_ratio)
     # A row whose logits are all -inf is no distribution: NaN, as jax.nn.log_softmax gives. Its
     # gradient is 0 so that a caller who masks such rows out does not get NaN gradients.
-    empty = jnp.all(lp == -jnp.inf, axis=-1, keepdims=True)
-    empty = empty | jnp.all(lq == -jnp.inf, axis=-1, keepdims=True)
 
     def logit_grad(d, prob):
         return jnp.where(empty, 0.0, d - prob * jnp.sum(d, axis=-1, keepdims=True))

@@ -595,8 +595,10 @@ def test_jit_and_vmap_agree_with_eager(name):
     want = ref_from_logits(name, as_f64(p32), as_f64(q32[0]))
     np.testing.assert_allclose(np.asarray(vmapped_q), want, rtol=1e-4)
     per_row_grad = jax.vmap(jax.grad(lambda a, b: fdiv.divergence(name, a, b)))(p32, q32)
+    # One row per program vs all rows in one: a few roundings of the row's largest entry apart.
+    scale = float(jnp.max(jnp.abs(eager_g[0])))
     np.testing.assert_allclose(
-        np.asarray(per_row_grad), np.asarray(eager_g[0]), rtol=1e-5, atol=1e-7
+        np.asarray(per_row_grad), np.asarray(eager_g[0]), rtol=1e-5, atol=4e-7 * scale
     )
 
 
