@@ -10,6 +10,7 @@ own checkpoints like every trainer run.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Mapping
@@ -97,9 +98,16 @@ def init_params(module: CausalTransformer, key: jax.Array, length: int):
     return module.init(key, jnp.zeros((1,), jnp.int32), jnp.zeros((1, length), jnp.int32))["params"]
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _apply(module: CausalTransformer, params, context, tokens):
+    return module.apply({"params": params}, context, tokens)
+
+
 def logits_fn(module: CausalTransformer, params):
-    """``(context, tokens) -> logits``: what :mod:`fdiv.models.sampling` calls."""
-    return lambda context, tokens: module.apply({"params": params}, context, tokens)
+    """``(context, tokens) -> logits``: what :mod:`fdiv.models.sampling` calls. Jitted once per
+    module and shape (the exact evaluations call it outside any jit, where an op-by-op transformer
+    compiled each of its ~300 primitives on its own); inside a jitted step it is simply inlined."""
+    return functools.partial(_apply, module, params)
 
 
 def sequence_log_prob(module, params, context, tokens, *, num_tokens: int) -> jax.Array:

@@ -32,6 +32,9 @@ def small(module="fdistill_mog", stages_dir="", **overrides):
     c.discriminator.hidden = (16,)
     c.teacher.steps = 50
     c.teacher.batch_size = 64
+    # One critic update per generator update: the train step unrolls its repeats, and each one
+    # compiles the critics' networks again (repeats themselves: tests/test_train.py).
+    c.critic_steps = 1
     c.stages_dir = stages_dir
     c.update(overrides)
     return c

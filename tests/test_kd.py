@@ -259,7 +259,7 @@ def test_main_rejects_unknown_fields_and_bad_values(tmp_path):
     assert "'temperature'" in out.stderr  # the allowed fields are listed
     out = run_main(f"--workdir={tmp_path}/b", "--config.method=distill")
     assert out.returncode == 2 and "method='distill' is not one of" in out.stderr
-    out = run_main(f"--workdir={tmp_path}/c", "--config.train.batch_size=10", env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})  # fmt: skip
+    out = run_main(f"--workdir={tmp_path}/c", "--config.train.batch_size=10", env={"XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"})  # fmt: skip
     assert out.returncode == 2 and "batch_size=10 is not divisible by the 4 devices" in out.stderr
     assert not os.path.exists(tmp_path / "b") and not os.path.exists(tmp_path / "c")
 

@@ -26,7 +26,9 @@ def policy():
         jax.random.key(0), jnp.zeros((1,), jnp.int32), jnp.zeros((1, L), jnp.int32)
     )
     variables = jax.tree.map(lambda x: x * 25 if x.ndim == 2 else x, variables)
-    return lambda c, t: module.apply(variables, c, t)
+    # Jitted: the samplers and enumerations call it outside any jit (op by op, every primitive
+    # compiles on its own); inside a jitted sampler it is inlined.
+    return jax.jit(lambda c, t: module.apply(variables, c, t))
 
 
 def test_transformer_is_causal_and_shaped(policy):
@@ -234,7 +236,7 @@ def test_fdpg_estimator_on_the_transformer_matches_the_exact_gradient(divergence
         return jax.flatten_util.ravel_pytree(jax.grad(surrogate)(params))[0]
 
     batches = np.stack([np.asarray(estimate(jax.random.key(10 + i))) for i in range(8)])
-    truth = np.asarray(jax.flatten_util.ravel_pytree(jax.grad(exact)(params))[0])
+    truth = np.asarray(jax.flatten_util.ravel_pytree(jax.jit(jax.grad(exact))(params))[0])
     mean, se = batches.mean(0), batches.std(0, ddof=1) / np.sqrt(len(batches))
     assert np.linalg.norm(truth) > 1e-3  # a non-trivial gradient
     assert np.linalg.norm(mean - truth) < 5 * np.linalg.norm(se) + 1e-6
