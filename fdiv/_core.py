@@ -199,9 +199,8 @@ def _pearson_terms(lp, lq, p, q, r) -> DivergenceTerms:
     e = jnp.where(near, nx.expm1_near(r_near), jnp.minimum(ex, 1.0) - 1.0)
     term_q = (q * e) * e
     dp_q = 2.0 * p * e
-    # w = q / p where p > q: p is 0 there only with q (both underflowing, r finite; w = 0 then);
-    # at most 1 elsewhere, again so that the unused branch stays finite.
-    w = jnp.minimum(q / _nonzero(p), 1.0)
+    # w = q / p where p > q (0 where both underflow); p / q, also finite, where it is unused.
+    w = _small_over_big(p, q)
     closed = near | ~pos
     term = jnp.where(closed, term_q, ex * jnp.square(1.0 - w))
     dp = jnp.where(closed, dp_q, 2.0 * (ex - p))
@@ -227,7 +226,8 @@ def _skew_reverse_kl_terms(g, lp, lq, p, q, r) -> DivergenceTerms:
     ``c = 1 - lam`` (``r <= 0``) or ``lam`` (``r > 0``) and ``D = 1 + c E >= min(lam, 1 - lam)``:
     ``log m = max(r, 0) + log1p(c E)`` and ``K = E / D`` (``r <= 0``) or ``-E / D`` (``r > 0``),
     neither of which cancels. ``E`` is ``min(p, q) / max(p, q) - 1`` for ``|r| >= R`` (a division
-    instead of an ``expm1``) and its Taylor series below (:func:`_one_minus_exp_neg`). Near ``p = q`` the term (a difference of ``O(r)`` quantities) is ``q phi(r)``
+    instead of an ``expm1``) and its Taylor series below (:func:`_one_minus_exp_neg`). Near
+    ``p = q`` the term (a difference of ``O(r)`` quantities) is ``q phi(r)``
     from the generator's series and ``dq = term - dp`` (``dp ~ r``, ``term ~ r^2``). One
     transcendental per class (``log1p``), against the generic rule's evaluation of ``f`` and its
     dual. Zero-safe: ``q = 0 < p`` gives ``((1 - lam) p, (1 - lam) p, 0)``, ``p = 0 < q`` gives
