@@ -18,7 +18,10 @@ _CACHE_ENV = "FDIV_TEST_COMPILATION_CACHE"
 # compile time and buys them nothing (measured on the f-distill digits pipeline: 96 s -> 52 s, most
 # of it the train step's and a conv network init's compiles). Numerics are the same IEEE operations
 # either way (no fast math at any level); benchmarks and experiments run at XLA's default.
-_TEST_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+_TEST_XLA_FLAGS = (
+    "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+    " --xla_cpu_use_fusion_emitters=false"
+)
 
 
 def pytest_configure(config):
