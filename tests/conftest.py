@@ -17,7 +17,9 @@ _CACHE_ENV = "FDIV_TEST_COMPILATION_CACHE"
 # The suite's programs are tiny and run a few steps: XLA:CPU's LLVM optimisation is most of their
 # compile time and buys them nothing (measured on the f-distill digits pipeline: 96 s -> 52 s, most
 # of it the train step's and a conv network init's compiles). Numerics are the same IEEE operations
-# either way (no fast math at any level); benchmarks and experiments run at XLA's default.
+# either way (no fast math at any level); benchmarks and experiments run at XLA's default. The
+# elemental emitters (fusion emitters off) halve the backend compile of the small divergence
+# programs again (24 catalog value-and-grad programs: 2.1 s -> 0.8 s; whole suite 1054 s -> 888 s).
 _TEST_XLA_FLAGS = (
     "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
     " --xla_cpu_use_fusion_emitters=false"
