@@ -3,12 +3,13 @@
 Generators (``fdiv.generators``), divergences between categoricals given logits and between
 Gaussians, Monte Carlo / importance-weighted / variational estimators, and property-checking
 helpers for your own generators (``fdiv.testing``); the seed methods as pure losses
-(``fdiv.losses``), classifier metrics (``fdiv.metrics``), log-domain Sinkhorn (``fdiv.transport``).
+(``fdiv.losses``), classifier metrics (``fdiv.metrics``), log-domain Sinkhorn (``fdiv.transport``),
+representation similarity (``fdiv.analysis``: CKA, RSA).
 Models, data and the trainer (``fdiv.models``, ``fdiv.data``, ``fdiv.train``) need the
 ``experiments`` extra and are imported on their own. Argument order is always ``(P, Q)``.
 """
 
-from fdiv import fused, generators, losses, metrics, testing, transport
+from fdiv import analysis, fused, generators, losses, metrics, testing, transport
 from fdiv.divergences import (
     DivergenceTerms,
     divergence,
@@ -26,6 +27,7 @@ __version__ = "0.1.0"
 __all__ = [
     "DivergenceTerms",
     "Generator",
+    "analysis",
     "divergence",
     "divergence_terms",
     "gaussian_kl",
