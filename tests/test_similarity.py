@@ -183,3 +183,10 @@ def test_bad_arguments_are_refused(call, message):
     x, _ = reps()
     with pytest.raises(ValueError, match=message):
         call(x)
+
+
+def test_euclidean_rsa_has_finite_gradients():
+    """The RDM's zero diagonal is a sqrt at 0: its gradient must be 0 there, not NaN."""
+    x, y = reps(n=8)
+    grad = jax.grad(lambda a: sim.rsa(a, y, metric="euclidean", compare="pearson"))(jnp.asarray(x))
+    assert np.isfinite(np.asarray(grad)).all() and np.abs(np.asarray(grad)).max() > 0

@@ -48,6 +48,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from fdiv import _numerics as nx
+from fdiv.metrics import _points, _row_map, _safe_sqrt
 
 __all__ = [
     "cka",
@@ -67,12 +68,11 @@ _COMPARISONS = ("spearman", "pearson")
 
 
 def _features(x: ArrayLike, name: str, min_rows: int = 2) -> jax.Array:
+    """``x`` ``[n, ...]`` as real ``[n, features]`` in its computation dtype."""
     x = jnp.asarray(x)
     if x.ndim < 2:
         raise ValueError(f"{name} must be [n, features...], got shape {x.shape}")
-    if x.shape[0] < min_rows:
-        raise ValueError(f"{name} needs at least {min_rows} examples (rows), got {x.shape[0]}")
-    x = x.reshape(x.shape[0], -1)
+    x = _points(x.reshape(x.shape[0], -1), name, min_rows)
     return x.astype(nx.compute_dtype(x))
 
 
@@ -80,18 +80,14 @@ def _pair(x: ArrayLike, y: ArrayLike, min_rows: int = 2) -> tuple[jax.Array, jax
     x, y = _features(x, "x", min_rows), _features(y, "y", min_rows)
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"x and y must describe the same examples: {x.shape[0]} != {y.shape[0]}")
-    dtype = jnp.promote_types(x.dtype, y.dtype)
+    dtype = nx.compute_dtype(x, y)
     return x.astype(dtype), y.astype(dtype)
 
 
 def _squared_distances(x: jax.Array) -> jax.Array:
-    """``[n, n]`` ``||x_i - x_j||^2`` from the Gram matrix of the column-centred features (centring
-    removes the cancellation of a large common offset); clipped at 0, exactly 0 on the diagonal."""
-    x = x - jnp.mean(x, axis=0)
-    gram = x @ x.T
-    norms = jnp.diagonal(gram)
-    d2 = jnp.maximum(norms[:, None] + norms[None, :] - 2.0 * gram, 0.0)
-    return d2 * (1.0 - jnp.eye(x.shape[0], dtype=x.dtype))
+    """``[n, n]`` ``||x_i - x_j||^2`` from differences, a block of rows at a time (as the sample
+    metrics: never negative, exactly 0 on the diagonal)."""
+    return _row_map(lambda d2, _: d2, x, x)
 
 
 def linear_gram(x: ArrayLike) -> jax.Array:
@@ -146,15 +142,12 @@ def hsic(k: ArrayLike, l: ArrayLike, *, debiased: bool = False) -> jax.Array:
     return jnp.sum(_center(k, debiased) * _center(l, debiased)) / scale
 
 
-def _cka_of_centred(kc: jax.Array, lc: jax.Array) -> jax.Array:
-    return jnp.sum(kc * lc) / jnp.sqrt(jnp.sum(kc * kc) * jnp.sum(lc * lc))
-
-
 def cka(k: ArrayLike, l: ArrayLike, *, debiased: bool = False) -> jax.Array:
     """CKA of two Gram matrices ``[n, n]`` of the same examples:
     ``HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L))``. Scalar."""
     k, l = _grams(k, l, debiased)
-    return _cka_of_centred(_center(k, debiased), _center(l, debiased))
+    kc, lc = _center(k, debiased), _center(l, debiased)
+    return jnp.sum(kc * lc) / jnp.sqrt(jnp.sum(kc * kc) * jnp.sum(lc * lc))
 
 
 def linear_cka(x: ArrayLike, y: ArrayLike, *, debiased: bool = False) -> jax.Array:
@@ -215,12 +208,11 @@ def rdm(x: ArrayLike, *, metric: str = "correlation") -> jax.Array:
     if metric not in _RDM_METRICS:
         raise ValueError(f"metric={metric!r}: must be one of {_RDM_METRICS}")
     x = _features(x, "x")
-    eye = jnp.eye(x.shape[0], dtype=x.dtype)
     if metric == "euclidean":
-        return jnp.sqrt(_squared_distances(x))
+        return _safe_sqrt(_squared_distances(x))  # gradient 0, not NaN, on the diagonal
     z = x - jnp.mean(x, axis=1, keepdims=True)  # each example's features centred, as scipy
     z = z / jnp.linalg.norm(z, axis=1, keepdims=True)
-    return (1.0 - z @ z.T) * (1.0 - eye)
+    return (1.0 - z @ z.T) * (1.0 - jnp.eye(x.shape[0], dtype=x.dtype))
 
 
 def _average_ranks(v: jax.Array) -> jax.Array:
