@@ -638,3 +638,51 @@ def test_jit_grad(name):
     grads = jax.jit(jax.grad(loss))(variables["params"], variables.get("batch_stats"))
     assert jax.tree_util.tree_structure(grads) == jax.tree_util.tree_structure(variables["params"])
     assert all(np.all(np.isfinite(g)) and np.any(g != 0) for g in jax.tree_util.tree_leaves(grads))
+
+
+# --------------------------------------------------------------------------------------------
+# layer features (for CKA / RSA)
+
+
+def test_layer_features_are_the_activations_after_each_hidden_layer():
+    """MLP: each hidden layer's relu(x W + b) written out in numpy, then the logits; CNN and ResNet:
+    one entry per recorded block, flattened."""
+    mlp = models.get("mlp", num_classes=3, hidden=(5, 4))
+    x = np.random.default_rng(0).normal(size=(6, 2, 3)).astype(np.float32)
+    variables = mlp.init(KEY, x, train=False)
+    features = models.layer_features(mlp, variables, x)
+    p = variables["params"]
+    h = x.reshape(6, -1).astype(np.float64)
+    for layer, feature in zip(("Dense_0", "Dense_1"), features[:2], strict=True):
+        h = np.maximum(h @ np.asarray(p[layer]["kernel"]) + np.asarray(p[layer]["bias"]), 0.0)
+        np.testing.assert_allclose(feature, h, rtol=1e-5, atol=1e-6)
+    logits = h @ np.asarray(p["Dense_2"]["kernel"]) + np.asarray(p["Dense_2"]["bias"])
+    np.testing.assert_allclose(features[2], logits, rtol=1e-5, atol=1e-6)
+    # sow is inert in a plain apply: no extra collection, same logits
+    np.testing.assert_array_equal(mlp.apply(variables, x, train=False), features[2])
+
+    for name, kwargs, shape, dims in [
+        ("cnn", {"channels": (4, 6), "hidden": 7}, (2, 12, 1), [6 * 4, 3 * 6, 7, 3]),
+        ("resnet8", {}, (2, 8, 8, 1), [8 * 8 * 16, 4 * 4 * 32, 2 * 2 * 64, 64, 3]),
+    ]:
+        module = models.get(name, num_classes=3, **kwargs)
+        variables = _abstract_init(module, shape[1:])  # traced only: shapes are the point here
+        features = jax.eval_shape(
+            functools.partial(models.layer_features, module), variables, jnp.ones(shape)
+        )
+        assert [f.shape for f in features] == [(2, d) for d in dims], name
+
+
+def test_transformer_records_the_state_its_head_reads():
+    """``sown_features`` of the causal transformer: ``[B, T + 1, dim]`` final hidden states, and
+    the logits are exactly the head's affine map of them."""
+    module = models.CausalTransformer(num_actions=3, vocab_size=3, max_len=4, dim=8, num_heads=2)
+    context, tokens = jnp.zeros((2,), jnp.int32), jnp.array([[0, 1, 2, 1], [2, 2, 0, 1]])
+    variables = module.init(KEY, context, tokens)
+    logits, (hidden,) = models.sown_features(module, variables, context, tokens)
+    assert hidden.shape == (2, 5, 8)
+    head = variables["params"]["head"]
+    expected = np.asarray(hidden, np.float64) @ np.asarray(head["kernel"]) + np.asarray(
+        head["bias"]
+    )
+    np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-6)

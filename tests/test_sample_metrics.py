@@ -416,6 +416,21 @@ def test_scatter_grid_writes_png(tmp_path):
         plots.scatter_grid(panels, tmp_path / "bad.png", ncols=0)
 
 
+def test_heatmap_grid_writes_png_and_checks_shapes(tmp_path):
+    rng = np.random.default_rng(13)
+    matrices = {f"method {i}": rng.uniform(size=(3, 2)) for i in range(4)}
+    path = tmp_path / "heatmaps.png"
+    plots.heatmap_grid(matrices, path, row_names=["a", "b", "c"], col_names=["x", "y"], ncols=3)
+    assert _is_png(path)
+    with pytest.raises(ValueError, match=r"\(3, 2\) arrays"):
+        plots.heatmap_grid(
+            {**matrices, "bad": np.ones((2, 2))}, tmp_path / "bad.png",
+            row_names=["a", "b", "c"], col_names=["x", "y"],
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="non-empty"):
+        plots.heatmap_grid({}, tmp_path / "bad.png", row_names=["a"], col_names=["x"])
+
+
 def test_image_grid_writes_png(tmp_path):
     rng = np.random.default_rng(12)
     images = rng.uniform(0, 16, size=(20, 8, 8))

@@ -13,6 +13,11 @@ norm, so that callers are uniform)::
     logits, updates = module.apply(variables, x, train=True, mutable=["batch_stats"])
     variables = {**variables, **updates}
 
+Layer-wise representations (for CKA / RSA, :mod:`fdiv.analysis`): :func:`layer_features` returns
+every hidden layer's output after its activation (MLP: each hidden layer; CNN: each conv block after
+pooling and the dense hidden layer; ResNet: each stage and the pooled features) followed by the
+logits, each flattened to ``[B, D_l]``.
+
 Registry names (:func:`names`): ``"mlp"`` (:class:`MLP`), ``"cnn"`` (:class:`CNN`) and the CIFAR
 ResNets ``"resnet8"``, ``"resnet20"``, ``"resnet32"``, ``"resnet56"``, ``"resnet110"``
 (:class:`CIFARResNet` with that depth). The classes can also be constructed directly; all their
@@ -47,7 +52,7 @@ import jax
 import numpy as np
 
 from fdiv.models import sampling
-from fdiv.models._common import ACTIVATIONS, BN_EPSILON, BN_MOMENTUM
+from fdiv.models._common import ACTIVATIONS, BN_EPSILON, BN_MOMENTUM, FEATURES_COLLECTION
 from fdiv.models.cnn import CNN
 from fdiv.models.mlp import MLP
 from fdiv.models.resnet import BasicBlock, CIFARResNet
@@ -69,10 +74,12 @@ __all__ = [
     "get",
     "get_denoiser",
     "has_batch_norm",
+    "layer_features",
     "names",
     "param_count",
     "sampling",
     "score_from_denoiser",
+    "sown_features",
 ]
 
 # name -> (class, fields fixed by the name)
@@ -174,6 +181,36 @@ def has_batch_norm(module_or_variables: nn.Module | Mapping[str, Any]) -> bool:
         f"has_batch_norm: {type(module_or_variables).__name__} is not an fdiv.models model; "
         "pass its variables instead ('batch_stats' in variables)"
     )
+
+
+def layer_features(module: nn.Module, variables: Mapping[str, Any], inputs: jax.Array) -> list:
+    """Every hidden layer's representation and the logits of a classifier, in eval mode.
+
+    Returns ``[h_1, ..., h_L, logits]``, each ``[B, D_l]`` (spatial feature maps flattened), where
+    ``h_l`` is what the model recorded with ``sow_features`` (after the activation; see the module
+    docstring for which layers each model records). The apply is ``train=False``, so batch norm
+    uses its running averages and nothing is updated.
+    """
+    logits, hidden = sown_features(module, variables, inputs, train=False)
+    return [h.reshape(h.shape[0], -1) for h in (*hidden, logits)]
+
+
+def sown_features(module: nn.Module, variables: Mapping[str, Any], *args, **kwargs):
+    """``(output, [features...])``: ``module.apply(variables, *args, **kwargs)`` and the
+    representations it recorded with ``sow_features``, unflattened, in call order (for sequence
+    models, e.g. :class:`CausalTransformer`'s final hidden states ``[B, T + 1, dim]``)."""
+    output, state = module.apply(dict(variables), *args, mutable=[FEATURES_COLLECTION], **kwargs)
+    return output, _collect_features(state.get(FEATURES_COLLECTION, {}))
+
+
+def _collect_features(tree: Mapping[str, Any]) -> list:
+    """The ``features`` tuples of a sown collection in call order (the module's own first, then
+    its submodules' in the order flax recorded them)."""
+    out = list(tree.get("features", ()))
+    for name, sub in tree.items():
+        if name != "features" and isinstance(sub, Mapping):
+            out.extend(_collect_features(sub))
+    return out
 
 
 def param_count(params: Any) -> int:

@@ -30,6 +30,17 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 }
 
 
+# Hidden representations are recorded with ``Module.sow`` into this collection; ``sow`` is a no-op
+# unless the collection is mutable, so ordinary ``apply`` calls (and their compiled steps) are
+# unchanged. ``fdiv.models.layer_features`` reads them back.
+FEATURES_COLLECTION = "intermediates"
+
+
+def sow_features(module: nn.Module, x: jax.Array) -> None:
+    """Record a hidden representation ``x [B, ...]`` (after its activation) of ``module``."""
+    module.sow(FEATURES_COLLECTION, "features", x)
+
+
 def batch_norm(train: bool, **kwargs: Any) -> nn.BatchNorm:
     """BatchNorm over the last axis: batch statistics if ``train``, running averages otherwise."""
     return nn.BatchNorm(

@@ -14,6 +14,7 @@ from fdiv.models._common import (
     check_int_sequence,
     check_positive_int,
     freeze_field,
+    sow_features,
 )
 
 POOLS = ("max", "avg")
@@ -96,9 +97,11 @@ class CNN(nn.Module, kw_only=True):
             window = tuple(2 if size >= 4 else 1 for size in x.shape[1:-1])
             if any(w > 1 for w in window):
                 x = pool_fn(x, window, strides=window, padding="VALID")
+            sow_features(self, x)
         if self.readout == "mean":
             x = jnp.mean(x, axis=tuple(range(1, 1 + n_spatial)))
         else:
             x = x.reshape(x.shape[0], -1)
         x = nn.relu(nn.Dense(self.hidden)(x))
+        sow_features(self, x)
         return nn.Dense(self.num_classes)(x)

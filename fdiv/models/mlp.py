@@ -13,6 +13,7 @@ from fdiv.models._common import (
     check_positive_int,
     freeze_field,
     resolve_activation,
+    sow_features,
 )
 
 
@@ -61,4 +62,5 @@ class MLP(nn.Module, kw_only=True):
         x = x.reshape(x.shape[0], -1)
         for width in self.hidden:
             x = act(nn.Dense(width)(x))
+            sow_features(self, x)
         return nn.Dense(self.num_classes)(x)

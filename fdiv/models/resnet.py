@@ -10,6 +10,7 @@ from fdiv.models._common import (
     batch_norm,
     check_positive_int,
     kaiming_normal_fan_out,
+    sow_features,
 )
 
 STAGE_CHANNELS = (1, 2, 4)  # multiples of base_channels * width for stages 1, 2, 3
@@ -137,5 +138,7 @@ class CIFARResNet(nn.Module, kw_only=True):
                     zero_init_residual=self.zero_init_residual,
                     name=f"stage{stage + 1}_block{block + 1}",
                 )(x, train=train)
+            sow_features(self, x)
         x = jnp.mean(x, axis=tuple(range(1, 1 + n_spatial)))
+        sow_features(self, x)
         return nn.Dense(self.num_classes, name="head")(x)

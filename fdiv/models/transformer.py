@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fdiv.models._common import check_positive_int
+from fdiv.models._common import check_positive_int, sow_features
 
 
 class CausalTransformer(nn.Module, kw_only=True):
@@ -74,4 +74,5 @@ class CausalTransformer(nn.Module, kw_only=True):
             h = nn.Dense(self.mlp_ratio * self.dim, kernel_init=init, name=f"mlp_in_{i}")(h)
             x = x + nn.Dense(self.dim, kernel_init=init, name=f"mlp_out_{i}")(nn.gelu(h))
         x = nn.LayerNorm(name="ln_final")(x)
+        sow_features(self, x)  # the state the head reads: [B, T + 1, dim]
         return nn.Dense(self.num_actions, kernel_init=init, name="head")(x)

@@ -21,7 +21,14 @@ from matplotlib.figure import Figure
 from fdiv.metrics import CalibrationBins
 from fdiv.train import paths
 
-__all__ = ["image_grid", "line_plot", "reliability_diagram", "scatter_2d", "scatter_grid"]
+__all__ = [
+    "heatmap_grid",
+    "image_grid",
+    "line_plot",
+    "reliability_diagram",
+    "scatter_2d",
+    "scatter_grid",
+]
 
 
 def _save(fig: Figure, path: str | os.PathLike) -> None:
@@ -497,6 +504,71 @@ def image_grid(
     ax.set_axis_off()
     if title:
         ax.set_title(title)
+    _save(fig, path)
+
+
+def heatmap_grid(
+    matrices: Mapping[str, np.ndarray],
+    path: str | os.PathLike,
+    *,
+    row_names: Sequence[str],
+    col_names: Sequence[str],
+    row_label: str = "",
+    col_label: str = "",
+    ncols: int = 3,
+    vmin: float = 0.0,
+    vmax: float = 1.0,
+    title: str = "",
+) -> None:
+    """One annotated heatmap per named matrix (e.g. layer-by-layer CKA of each method), one colour
+    scale for all panels so that cells compare across panels.
+
+    Args:
+      matrices: panel title -> ``[R, C]`` array, every array the same shape, at least one.
+      path: where to write the PNG.
+      row_names, col_names: tick labels, ``R`` and ``C`` of them.
+      row_label, col_label: axis labels.
+      ncols: the most panels per row, a positive int.
+      vmin, vmax: the colour scale's ends (values outside are clipped in colour, printed as is).
+      title: figure title.
+
+    Returns:
+      None; writes ``path``.
+    """
+    arrays = {name: np.asarray(m, np.float64) for name, m in matrices.items()}
+    shape = (len(row_names), len(col_names))
+    bad = {name: a.shape for name, a in arrays.items() if a.shape != shape}
+    if not arrays or bad:
+        raise ValueError(
+            f"matrices must be a non-empty mapping of {shape} arrays (row_names x col_names); "
+            f"got shapes {bad or 'none'}"
+        )
+    ncols = min(_positive("ncols", ncols), len(arrays))
+    nrows = math.ceil(len(arrays) / ncols)
+    cell = 0.45  # inches per heatmap cell
+    fig = Figure(
+        figsize=(ncols * (1.6 + cell * shape[1]), nrows * (1.1 + cell * shape[0]) + 0.4),
+        dpi=100,
+        layout="constrained",
+    )
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    image = None
+    for ax, (name, a) in zip(axes, arrays.items(), strict=False):
+        image = ax.imshow(a, cmap="viridis", vmin=vmin, vmax=vmax, interpolation="nearest")
+        for (i, j), value in np.ndenumerate(a):
+            shade = (value - vmin) / (vmax - vmin) if vmax > vmin else 0.0
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                    color="black" if shade > 0.6 else "white")  # fmt: skip
+        ax.set_xticks(range(shape[1]), list(col_names), fontsize=7)
+        ax.set_yticks(range(shape[0]), list(row_names), fontsize=7)
+        ax.set_xlabel(col_label, fontsize=8)
+        ax.set_ylabel(row_label, fontsize=8)
+        ax.set_title(name, fontsize=9)
+    for ax in axes[len(arrays) :]:
+        ax.set_axis_off()
+    fig.colorbar(image, ax=axes.tolist(), shrink=0.6)
+    if title:
+        fig.suptitle(title)
     _save(fig, path)
 
 
