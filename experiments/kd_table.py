@@ -6,6 +6,12 @@ Each (setting, seed) trains its teacher once (``<workdir>/<setting>/seed<k>/teac
 between the offline methods; every run is an ordinary trainer run, so an interrupted table resumes
 where it stopped and finished runs are not repeated. Rows report the student's test accuracy, NLL
 and ECE (15 bins) as mean ± sample standard deviation over the seeds.
+
+Representational alignment (issue 16): for every run, linear CKA, RBF CKA and RSA between each
+layer of the seed's offline teacher and each layer of the student on the whole test split; a table
+of the last hidden layers and the logits, whether alignment tracks accuracy or calibration across
+methods (Spearman correlations), and one heatmap per method (linear CKA, mean over seeds) in
+``kd_alignment_<setting>.png`` beside ``--out``.
 """
 
 from __future__ import annotations
@@ -18,10 +24,12 @@ import time
 
 import numpy as np
 from absl import logging
+from scipy import stats
 
 from experiments import kd
 from experiments._tables import machine, mean_std, write
 from fdiv.train import paths
+from fdiv.train import plots as train_plots
 
 # (label, method, divergence)
 METHODS = [
@@ -38,7 +46,8 @@ METHODS = [
 SETTINGS = {"digits": "configs.kd_digits", "mnist1d": "configs.kd_mnist1d"}
 
 
-def run_one(setting: str, seed: int, method: str, divergence: str, workdir: str) -> dict:
+def run_one(setting: str, seed: int, method: str, divergence: str, workdir: str) -> kd.KDRun:
+    """One trained (or re-opened) run; offline runs' summaries gain their teacher's evaluation."""
     config = importlib.import_module(SETTINGS[setting]).get_config()
     config.method, config.divergence = method, divergence
     config.train.seed = seed
@@ -46,11 +55,118 @@ def run_one(setting: str, seed: int, method: str, divergence: str, workdir: str)
     config.teacher_workdir = os.path.join(workdir, setting, f"seed{seed}", "teacher")
     name = method if method != "fkd" else f"fkd_{divergence}"
     run_dir = os.path.join(workdir, setting, f"seed{seed}", name)
-    summary = kd.run(config, run_dir)
+    kd_run = kd.train_run(config, run_dir)
     if method in kd.OFFLINE:
         teacher = json.loads(paths.read_text(os.path.join(config.teacher_workdir, "summary.json")))
-        summary = {**summary, **{k: v for k, v in teacher.items() if k.startswith("eval/teacher/")}}
-    return summary
+        teacher_eval = {k: v for k, v in teacher.items() if k.startswith("eval/teacher/")}
+        kd_run = kd_run._replace(summary={**kd_run.summary, **teacher_eval})
+    return kd_run
+
+
+# ---------------------------------------------------------------------------------------------
+# Representational alignment.
+
+REFERENCE = ("vanilla", "kl")  # the run whose frozen teacher is the seed's offline teacher
+HIDDEN = -2  # index of the last hidden layer in layer_features' list (the logits are -1)
+
+
+def layer_names(count: int) -> list[str]:
+    return [f"h{i}" for i in range(1, count)] + ["logits"]
+
+
+def alignments(setting: str, seed: int, runs: dict) -> dict:
+    """``(method, divergence)`` -> {"heatmap": linear CKA ``[L_t, L_s]`` to the seed's offline
+    teacher, "last hidden": {measure: value} of the last hidden layers (every measure), "peer":
+    linear CKA of the last hidden layers to the online peer (DML / BD-KD only)}. RBF CKA and RSA
+    are computed for the reported pair only: their exact pairwise distances are the slow part."""
+    reference = runs[(setting, seed, *REFERENCE)]
+    inputs = reference.eval_data.get(np.arange(len(reference.eval_data)))[0]
+    teacher = kd.network_features(reference, "teacher", inputs)
+    out = {}
+    for _, method, divergence in METHODS:
+        kd_run = runs[(setting, seed, method, divergence)]
+        student = kd.network_features(kd_run, "student", inputs)
+        last = kd.alignment([teacher[HIDDEN]], [student[HIDDEN]])
+        entry = {
+            "heatmap": kd.alignment(teacher, student, ["linear CKA"])["linear CKA"],
+            "last hidden": {name: float(value[0, 0]) for name, value in last.items()},
+        }
+        if method in kd.ONLINE:
+            peer = kd.network_features(kd_run, "teacher", inputs)[HIDDEN]
+            entry["peer"] = float(kd.alignment([peer], [student[HIDDEN]], ["linear CKA"])["linear CKA"][0, 0])  # fmt: skip
+        out[(method, divergence)] = entry
+    return out
+
+
+def alignment_table(setting: str, aligned: dict, results: dict, seeds: list[int]) -> str:
+    lines = [
+        f"### alignment: {setting} ({len(seeds)} seeds)",
+        "",
+        "| method | linear CKA (last hidden) | linear CKA (logits) | RBF CKA (last hidden) "
+        "| RSA (last hidden) | linear CKA to its online peer (last hidden) | student accuracy |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label, method, divergence in METHODS:
+        per_seed = [aligned[(setting, s)][(method, divergence)] for s in seeds]
+        columns = [
+            [a["last hidden"]["linear CKA"] for a in per_seed],
+            [a["heatmap"][-1, -1] for a in per_seed],
+            [a["last hidden"]["RBF CKA"] for a in per_seed],
+            [a["last hidden"]["RSA"] for a in per_seed],
+        ]
+        cells = [mean_std(values) for values in columns]
+        peer = mean_std([a["peer"] for a in per_seed]) if method in kd.ONLINE else "—"
+        accuracy = mean_std(
+            [results[(setting, s, method, divergence)]["eval/student/accuracy"] for s in seeds]
+        )
+        lines.append(f"| {label} | {' | '.join(cells)} | {peer} | {accuracy} |")
+    return "\n".join(lines)
+
+
+def alignment_findings(setting: str, aligned: dict, results: dict, seeds: list[int]) -> str:
+    """Does alignment (last hidden layer, linear CKA) track accuracy or ECE? Spearman correlations
+    over the methods' seed means and over all (method, seed) runs."""
+    keys = [(m, d) for _, m, d in METHODS]
+    cka = np.array(
+        [[aligned[(setting, s)][k]["last hidden"]["linear CKA"] for s in seeds] for k in keys]
+    )  # fmt: skip
+    lines = [f"{setting}:"]
+    for metric in ("accuracy", "ece"):
+        values = np.array(
+            [[results[(setting, s, *k)][f"eval/student/{metric}"] for s in seeds] for k in keys]
+        )
+        means = stats.spearmanr(cka.mean(1), values.mean(1))
+        runs = stats.spearmanr(cka.ravel(), values.ravel())
+        lines.append(
+            f"- linear CKA (last hidden) vs student {metric}: Spearman rho {means.statistic:+.2f} "
+            f"(p = {means.pvalue:.2g}) over the {len(keys)} method means, "
+            f"{runs.statistic:+.2f} (p = {runs.pvalue:.2g}) over all {cka.size} runs"
+        )
+    fkd = [i for i, (m, _) in enumerate(keys) if m in ("vanilla", "fkd")]
+    spread = cka[fkd].mean(1)
+    lines.append(
+        f"- across the choice of f (vanilla KL and the four any-f rows): linear CKA "
+        f"{spread.min():.3f} to {spread.max():.3f}; largest seed std among them "
+        f"{cka[fkd].std(1, ddof=1).max() if len(seeds) > 1 else 0.0:.3f}"
+    )
+    return "\n".join(lines)
+
+
+def alignment_heatmaps(setting: str, aligned: dict, seeds: list[int], path: str) -> None:
+    """One panel per method: linear CKA of every (offline teacher layer, student layer), seed mean."""
+    matrices = {
+        label: np.mean(
+            [aligned[(setting, s)][(method, divergence)]["heatmap"] for s in seeds],
+            axis=0,
+        )
+        for label, method, divergence in METHODS
+    }
+    rows, cols = next(iter(matrices.values())).shape
+    train_plots.heatmap_grid(
+        matrices, path, row_names=layer_names(rows), col_names=layer_names(cols),
+        row_label="teacher layer", col_label="student layer",
+        title=f"{setting}: linear CKA to the offline teacher (test split, mean of {len(seeds)} seeds)",
+    )  # fmt: skip
 
 
 def table(setting: str, results: dict, seeds: list[int]) -> str:
@@ -98,6 +214,16 @@ def findings(setting: str, results: dict, seeds: list[int]) -> str:
     return "\n".join(lines)
 
 
+ALIGNMENT_INTRO = (
+    "Each student's layers against the seed's offline teacher (the same frozen network for every "
+    "method, so the rows compare; DML and BD-KD never see it), on the whole test split: linear CKA, "
+    f"RBF CKA (bandwidth {kd.RBF_BANDWIDTH} x the median pairwise distance) and RSA (correlation-"
+    "distance RDMs, Spearman), all from `fdiv.analysis`. 'Last hidden' pairs the teacher's and the "
+    "student's last hidden layers (after the activation). For the online methods the next column "
+    "compares the student with its own online peer. Mean ± sample std over seeds."
+)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="runs/kd_table")
@@ -113,13 +239,22 @@ def main() -> None:
         parser.error(f"unknown settings {unknown}; allowed: {sorted(SETTINGS)}")
 
     start = time.time()
-    results = {}
+    results, aligned = {}, {}
     for setting in settings:
         for seed in seeds:
-            for _, method, divergence in METHODS:
-                results[(setting, seed, method, divergence)] = run_one(
+            runs = {
+                (setting, seed, method, divergence): run_one(
                     setting, seed, method, divergence, args.workdir
                 )
+                for _, method, divergence in METHODS
+            }
+            results.update({key: kd_run.summary for key, kd_run in runs.items()})
+            aligned[(setting, seed)] = alignments(setting, seed, runs)
+    out_dir = os.path.dirname(args.out) or "."
+    for setting in settings:
+        alignment_heatmaps(
+            setting, aligned, seeds, os.path.join(out_dir, f"kd_alignment_{setting}.png")
+        )
     minutes = (time.time() - start) / 60
 
     command = f"python -m experiments.kd_table --workdir={args.workdir} --out={args.out} --settings={args.settings} --seeds={args.seeds}"  # fmt: skip
@@ -128,7 +263,7 @@ def main() -> None:
         "",
         f"Produced by `{command}` ({minutes:.1f} min on {machine()}; runs already complete "
         "in the workdir are re-opened and evaluated, not retrained: from scratch the table took "
-        "7.3 min on 2 cores). Student test "
+        "21.1 min on 2 cores shared with another job, with RBF CKA and RSA then computed for every layer pair). Student test "
         "accuracy, NLL and ECE (15 bins), mean ± sample std over seeds; the teacher column is the "
         "offline teacher (pre-trained once per seed) or, for DML and BD-KD, the online peer.",
         "Settings are those of `configs/kd_digits.py` and `configs/kd_mnist1d.py` as committed.",
@@ -137,6 +272,14 @@ def main() -> None:
     body = "\n\n".join(table(setting, results, seeds) for setting in settings)
     body += "\n\n### Computed from the table\n\n" + "\n\n".join(
         findings(s, results, seeds) for s in settings
+    )
+    body += "\n\n## Representational alignment to the teacher\n\n" + ALIGNMENT_INTRO + "\n\n"
+    body += "\n\n".join(alignment_table(s, aligned, results, seeds) for s in settings)
+    body += "\n\n### Computed from the alignment tables\n\n" + "\n\n".join(
+        alignment_findings(s, aligned, results, seeds) for s in settings
+    )
+    body += "\n\n" + "\n".join(
+        f"![{s}: linear CKA heatmaps](kd_alignment_{s}.png)" for s in settings
     )
     write(args.out, "\n".join(header) + "\n" + body + "\n")
     print(body)

@@ -302,3 +302,60 @@ def test_cifar100_config_as_written_runs_two_steps_on_mock_data(tmp_path, tfds_m
     assert (
         run_config_two_steps("kd_cifar100", tmp_path, tfds_mock)["teacher"]["model"] == "resnet56"
     )
+
+
+def test_network_features_and_alignment_of_a_network_with_itself():
+    """Layer features of the KD networks (shapes as the config says) and the alignment matrices:
+    a network against itself gives CKA and RSA 1 on the diagonal; the student's 16-unit layer
+    against the teacher's 256-unit layers lies in [0, 1]."""
+    from experiments import kd as kd_experiment
+    from fdiv import data as fdata
+
+    config = tiny_config("vanilla")
+    eval_data = fdata.load("digits", "test")
+    nets = kd_experiment.Networks(
+        {n: kd_experiment._model(config[n], num_classes=10) for n in ("teacher", "student")},
+        eval_data.input_shape,
+    )
+    params, model_state = nets.init(jax.random.key(0), ["teacher", "student"])
+    kd_run = kd_experiment.KDRun({}, nets, params, model_state, eval_data)
+    inputs = eval_data.get(np.arange(60))[0]
+    teacher = kd_experiment.network_features(kd_run, "teacher", inputs)
+    student = kd_experiment.network_features(kd_run, "student", inputs)
+    assert [f.shape for f in teacher] == [(60, 256), (60, 256), (60, 10)]
+    assert [f.shape for f in student] == [(60, 16), (60, 10)]
+    same = kd_experiment.alignment(teacher[1:], teacher[1:])
+    for measure in ("linear CKA", "RBF CKA", "RSA"):
+        np.testing.assert_allclose(np.diag(same[measure]), 1.0, rtol=1e-6)
+    cross = kd_experiment.alignment(teacher, student, ["linear CKA"])
+    assert list(cross) == ["linear CKA"] and cross["linear CKA"].shape == (3, 2)
+    assert np.all((cross["linear CKA"] >= 0) & (cross["linear CKA"] <= 1))
+
+
+@pytest.mark.slow
+def test_kd_table_reports_alignment_for_every_method(tmp_path, monkeypatch):
+    """The table's alignment part end to end on 2-step runs (one offline, both online methods:
+    ``findings`` needs vanilla, DML and BD-KD): per-method cells, the online-peer column, the
+    correlations and the heatmap."""
+    import configs.kd_digits
+    from experiments import kd_table
+
+    methods = [
+        ("vanilla KD (KL)", "vanilla", "kl"),
+        ("DML (online)", "dml", "kl"),
+        ("BD-KD (online)", "bdkd", "kl"),
+    ]
+    monkeypatch.setattr(kd_table, "METHODS", methods)
+    tiny = tiny_config("student")  # built before get_config is replaced (it calls it)
+    monkeypatch.setattr(configs.kd_digits, "get_config", tiny.copy_and_resolve_references)
+    out = tmp_path / "results" / "kd.md"
+    argv = ["kd_table", f"--workdir={tmp_path / 'runs'}", f"--out={out}", "--settings=digits"]
+    monkeypatch.setattr("sys.argv", [*argv, "--seeds=0"])
+    kd_table.main()
+    text = out.read_text()
+    assert "## Representational alignment to the teacher" in text
+    rows = [line for line in text.splitlines() if line.startswith("| ")]
+    alignment_rows = [r for r in rows if r.count("|") == 8][1:]  # 7 columns, header dropped
+    assert [r.split(" | ")[0][2:] for r in alignment_rows] == [m[0] for m in methods]
+    assert alignment_rows[0].split(" | ")[5] == "—" and alignment_rows[1].split(" | ")[5] != "—"
+    assert "Spearman rho" in text and (out.parent / "kd_alignment_digits.png").stat().st_size > 0
