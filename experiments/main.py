@@ -32,6 +32,7 @@ EXPERIMENTS = {
     "dphrl": "experiments.lm_dphrl",
     "seqmatch": "experiments.lm_seqmatch",
     "dkm": "experiments.dkm",
+    "lm_analysis": "experiments.lm_analysis",
 }
 
 
