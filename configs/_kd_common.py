@@ -58,6 +58,9 @@ def base_config() -> ConfigDict:
     c.dataset = "digits"
     c.data_dir = ""  # TFDS data_dir ("" = TFDS default)
     c.augment = False  # random crop + flip (image data sets)
+    # Held out of the training split for validation (fdiv.data.validation_indices; valid/* metrics
+    # beside eval/*); 0 trains on the whole training split. Sweeps select on valid/* only.
+    c.valid_fraction = 0.0
     c.temperature = 4.0
     c.kd_weight = 1.0  # lambda: weight of tau^2 D_f next to the cross-entropy
     c.teacher_steps = 1000  # offline methods: teacher pre-training steps

@@ -70,6 +70,7 @@ RULES: dict[str, Rule] = {
     "b1": interval(0, 1, "[)"),
     "b2": interval(0, 1, "[)"),
     # the trainer (fdiv.train.TrainConfig)
+    "valid_fraction": interval(0, 1, "[)"),  # share of the training split held out; 0: none
     "total_steps": count(1),
     "batch_size": count(1),
     "eval_batch_size": count(0),

@@ -209,12 +209,12 @@ def _mean_metrics(**values) -> dict[str, jax.Array]:
 def teacher_config_json(config) -> str:
     """The teacher stage's config: only what decides the teacher, so that runs differing in the
     student's settings share one teacher (``teacher_workdir``) and a changed teacher is refused."""
-    keys = ("dataset", "data_dir", "augment", "teacher", "teacher_steps", "teacher_optimizer")
+    keys = ("dataset", "data_dir", "augment", "valid_fraction", "teacher", "teacher_steps", "teacher_optimizer")  # fmt: skip
     train_fields = {k: config.train[k] for k in ("seed", "batch_size", "eval_batch_size")}
     return stage_config_json(config, keys, stage="teacher", train=train_fields)
 
 
-def teacher_task(config, nets: Networks, train_data, eval_data) -> Task:
+def teacher_task(config, nets: Networks, train_data, eval_data, valid_data=None) -> Task:
     """Cross-entropy training of the teacher alone (offline KD's first stage)."""
 
     def loss(params, model_state, batch, key):
@@ -229,6 +229,7 @@ def teacher_task(config, nets: Networks, train_data, eval_data) -> Task:
         optimizers={"teacher": make_optimizer(config.teacher_optimizer, total)},
         train_data=train_data,
         eval_data=eval_data,
+        valid_data=valid_data,
         predict=_predict_fn(nets, ["teacher"]),
         summarize=summarize,
         report=report,
@@ -314,9 +315,14 @@ def online_loss_fn(config, nets: Networks):
 
 
 def _load_data(config):
-    train_data = fdata.load(config.dataset, "train", data_dir=config.get("data_dir") or None)
-    eval_data = fdata.load(config.dataset, "test", data_dir=config.get("data_dir") or None)
-    return train_data, eval_data
+    """``(train, test, valid or None)``: with ``valid_fraction > 0`` the validation examples are
+    held out of the training split (:func:`fdiv.data.load`)."""
+    fraction = config.get("valid_fraction", 0.0)
+    kwargs = {"data_dir": config.get("data_dir") or None, "valid_fraction": fraction}
+    train_data = fdata.load(config.dataset, "train", **kwargs)
+    eval_data = fdata.load(config.dataset, "test", **kwargs)
+    valid_data = fdata.load(config.dataset, "valid", **kwargs) if fraction else None
+    return train_data, eval_data, valid_data
 
 
 class KDRun(NamedTuple):
@@ -337,7 +343,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 def train_run(config: ml_collections.ConfigDict, workdir: str) -> KDRun:
     """Run ``config.method`` (resuming, or re-opening a finished run) and keep what it trained."""
     validate(config)
-    train_data, eval_data = _load_data(config)
+    train_data, eval_data, valid_data = _load_data(config)
     nets = Networks(
         {
             "teacher": _model(config.teacher, num_classes=train_data.num_classes),
@@ -352,7 +358,7 @@ def train_run(config: ml_collections.ConfigDict, workdir: str) -> KDRun:
     if method in OFFLINE:
         teacher_dir = config.get("teacher_workdir") or os.path.join(workdir, "teacher")
         result = train(
-            teacher_task(config, nets, train_data, eval_data),
+            teacher_task(config, nets, train_data, eval_data, valid_data),
             teacher_train_config(config),
             teacher_dir,
             config_json=teacher_config_json(config),
@@ -388,6 +394,7 @@ def train_run(config: ml_collections.ConfigDict, workdir: str) -> KDRun:
         optimizers=optimizers,
         train_data=train_data,
         eval_data=eval_data,
+        valid_data=valid_data,
         predict=_predict_fn(nets, names),
         summarize=summarize,
         report=report,

@@ -63,7 +63,7 @@ def test_unknown_name_lists_known_names():
 
 @pytest.mark.parametrize("name", ["digits", "cifar10"])
 def test_unknown_split_lists_allowed_splits(name):
-    with pytest.raises(ValueError, match="unknown split 'validation'.*train, test"):
+    with pytest.raises(ValueError, match="unknown split 'validation'.*train, valid, test"):
         data.load(name, "validation")
 
 

@@ -1,7 +1,9 @@
 """The data layer of fdiv's distillation experiments.
 
 - :func:`load` / :func:`names`: datasets with random access by example index
-  (:class:`Dataset`: ``num_classes``, ``input_shape``, ``len``, ``get(indices)``).
+  (:class:`Dataset`: ``num_classes``, ``input_shape``, ``len``, ``get(indices)``); splits
+  ``train``, ``test`` and, with ``valid_fraction > 0``, ``valid`` carved from the training split
+  by a fixed rule (:func:`validation_indices`).
 - :func:`train_indices`: the examples of training step ``s``, a pure function of
   ``(seed, s)``, which makes resuming exact; :func:`process_slice` splits a global batch
   between processes; :func:`eval_batches` covers an evaluation split with padded, masked
@@ -15,7 +17,15 @@ A training loop reads, at step ``s``::
 """
 
 from fdiv.data._augment import augment_images
-from fdiv.data._datasets import ArrayDataset, Dataset, TFDSDataset, load, names
+from fdiv.data._datasets import (
+    ArrayDataset,
+    Dataset,
+    Subset,
+    TFDSDataset,
+    load,
+    names,
+    validation_indices,
+)
 from fdiv.data._sampling import eval_batches, process_slice, train_indices
 from fdiv.data.mixture import (
     GaussianMixture,
@@ -30,6 +40,7 @@ __all__ = [
     "ArrayDataset",
     "Dataset",
     "GaussianMixture",
+    "Subset",
     "TFDSDataset",
     "augment_images",
     "eval_batches",
@@ -42,4 +53,5 @@ __all__ = [
     "process_slice",
     "ring_mixture",
     "train_indices",
+    "validation_indices",
 ]

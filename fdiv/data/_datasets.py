@@ -23,9 +23,20 @@ from collections.abc import Callable
 
 import numpy as np
 
-__all__ = ["ArrayDataset", "Dataset", "TFDSDataset", "load", "names"]
+__all__ = [
+    "ArrayDataset",
+    "Dataset",
+    "Subset",
+    "TFDSDataset",
+    "load",
+    "names",
+    "validation_indices",
+]
 
-SPLITS = ("train", "test")
+SPLITS = ("train", "valid", "test")
+# The validation split's permutation is seeded by this constant, never by a run's seed: every run
+# (and every member of a sweep) must select on the same held-out examples.
+VALIDATION_SEED = 0
 
 
 class Dataset(abc.ABC):
@@ -33,7 +44,7 @@ class Dataset(abc.ABC):
 
     Attributes:
         name: registry name, e.g. ``"cifar10"``.
-        split: ``"train"`` or ``"test"``.
+        split: ``"train"``, ``"valid"`` or ``"test"``.
         num_classes: labels lie in ``[0, num_classes)``.
         input_shape: shape of one input, channels-last, e.g. ``(32, 32, 3)``.
     """
@@ -92,6 +103,34 @@ class ArrayDataset(Dataset):
 
     def _get(self, indices):
         return self._inputs[indices], self._labels[indices]
+
+
+class Subset(Dataset):
+    """The examples ``indices`` of another dataset, in that order (a validation or reduced
+    training split): random access maps through ``indices``, nothing is copied."""
+
+    def __init__(self, base: Dataset, indices, split: str):
+        self.base, self.indices = base, np.asarray(indices, np.int64)
+        self.name, self.split = base.name, split
+        self.num_classes, self.input_shape = base.num_classes, base.input_shape
+
+    def __len__(self) -> int:
+        return self.indices.shape[0]
+
+    def _get(self, indices):
+        return self.base._get(self.indices[indices])
+
+
+def validation_indices(num_examples: int, valid_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(train, valid)`` example indices of a training split of ``num_examples``: a permutation
+    seeded by ``VALIDATION_SEED`` (0), its first ``round(valid_fraction * n)`` indices held out
+    for validation (at least 1), the rest kept for training; both sorted. The same for every run
+    and every seed, so that a sweep compares settings on the same held-out examples."""
+    if not 0.0 < valid_fraction < 1.0:
+        raise ValueError(f"valid_fraction must be in (0, 1), got {valid_fraction!r}")
+    order = np.random.default_rng(VALIDATION_SEED).permutation(num_examples)
+    held = min(max(1, round(valid_fraction * num_examples)), num_examples - 1)
+    return np.sort(order[held:]), np.sort(order[:held])
 
 
 class TFDSDataset(Dataset):
@@ -280,19 +319,28 @@ def names() -> list[str]:
     return sorted(_LOADERS)
 
 
-def load(name: str, split: str, *, data_dir=None, seed: int = 0) -> Dataset:
-    """Load split ``split`` (``"train"`` or ``"test"``) of dataset ``name``.
+def load(
+    name: str, split: str, *, data_dir=None, seed: int = 0, valid_fraction: float = 0.0
+) -> Dataset:
+    """Load split ``split`` (``"train"``, ``"valid"`` or ``"test"``) of dataset ``name``.
+
+    With ``valid_fraction > 0`` a validation split is carved from the training split by a fixed
+    rule (:func:`validation_indices`: a permutation seeded by 0, the first
+    ``round(valid_fraction * n)`` examples): ``"valid"`` is that part and ``"train"`` the rest.
+    The test split is never touched by it. With ``valid_fraction = 0`` (the default) ``"train"``
+    is the whole training split and ``"valid"`` is refused.
 
     Args:
         name: one of :func:`names`.
-        split: ``"train"`` or ``"test"``.
+        split: ``"train"``, ``"valid"`` or ``"test"``.
         data_dir: TFDS data directory for the TFDS datasets (default: ``TFDS_DATA_DIR`` or
             ``~/tensorflow_datasets``); ignored by the embedded ``digits`` and ``mnist1d``.
         seed: accepted for a uniform signature; no built-in dataset depends on it, because
             splits are fixed so that every run evaluates on the same examples.
+        valid_fraction: the share of the training split held out for validation, in ``[0, 1)``.
 
     Raises:
-        ValueError: unknown ``name`` or ``split``.
+        ValueError: unknown ``name`` or ``split``; ``"valid"`` without a ``valid_fraction``.
         FileNotFoundError: a TFDS dataset is not prepared in ``data_dir``.
     """
     if name not in _LOADERS:
@@ -301,4 +349,15 @@ def load(name: str, split: str, *, data_dir=None, seed: int = 0) -> Dataset:
         raise ValueError(
             f"unknown split {split!r} for {name!r}; allowed splits: {', '.join(SPLITS)}"
         )
-    return _LOADERS[name](split, data_dir=data_dir, seed=seed)
+    if not 0.0 <= valid_fraction < 1.0:
+        raise ValueError(f"valid_fraction must be in [0, 1), got {valid_fraction!r}")
+    if split == "test" or (split == "train" and valid_fraction == 0.0):
+        return _LOADERS[name](split, data_dir=data_dir, seed=seed)
+    if valid_fraction == 0.0:
+        raise ValueError(
+            f"split 'valid' of {name!r} needs valid_fraction > 0 (the share of the training "
+            "split to hold out)"
+        )
+    full = _LOADERS[name]("train", data_dir=data_dir, seed=seed)
+    train, valid = validation_indices(len(full), valid_fraction)
+    return Subset(full, train if split == "train" else valid, split)

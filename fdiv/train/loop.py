@@ -67,7 +67,10 @@ class Task:
       optimizers: one optax transformation per trained network.
       train_data: training examples; ``None`` for data-free tasks (the batch is then empty and
         the step's key is the only input that changes).
-      eval_data: evaluation examples, or ``None``.
+      eval_data: evaluation examples, or ``None``; their metrics are logged as ``eval/*``.
+      valid_data: validation examples (held out from the training data), or ``None``; evaluated
+        with the same ``predict`` / ``summarize`` at every evaluation and logged as ``valid/*``,
+        so that settings can be chosen without looking at ``eval/*``. Needs ``eval_data``.
       predict: ``predict(params, model_state, batch) -> dict of per-example arrays [B, ...]``,
         everything ``summarize`` needs (e.g. each network's logits and the labels).
       summarize: ``summarize(outputs) -> dict of floats`` over the whole evaluation set.
@@ -80,6 +83,7 @@ class Task:
     optimizers: Mapping[str, optax.GradientTransformation]
     train_data: Dataset | None = None
     eval_data: Dataset | None = None
+    valid_data: Dataset | None = None
     predict: Callable[..., dict[str, jax.Array]] | None = None
     summarize: Callable[[dict[str, np.ndarray]], dict[str, float]] | None = None
     report: Callable[[dict[str, np.ndarray], str], None] | None = None
@@ -223,11 +227,14 @@ def evaluate(
     config: TrainConfig,
     mesh: jax.sharding.Mesh,
     predict_fn: Callable,
+    data: Dataset | None = None,
 ) -> dict[str, np.ndarray]:
-    """Run ``predict`` over the whole evaluation set; outputs on the host, padding dropped."""
+    """Run ``predict`` over the whole evaluation set (or ``data``, e.g. the validation set);
+    outputs on the host, padding dropped."""
+    data = task.eval_data if data is None else data
     outputs: dict[str, list[np.ndarray]] = {}
-    for indices, mask in fdata.eval_batches(len(task.eval_data), config.eval_batch):
-        batch = parallel.global_batch(local_batch(task.eval_data, indices), mesh)
+    for indices, mask in fdata.eval_batches(len(data), config.eval_batch):
+        batch = parallel.global_batch(local_batch(data, indices), mesh)
         out = parallel.to_host(predict_fn(state.params, state.model_state, batch))
         for name, value in out.items():
             outputs.setdefault(name, []).append(value[mask])
@@ -297,6 +304,8 @@ def train(
     config.validate()
     if (task.eval_data is None) != (task.predict is None):
         raise ValueError("Task.eval_data and Task.predict go together: give both or neither")
+    if task.valid_data is not None and task.eval_data is None:
+        raise ValueError("Task.valid_data needs eval_data and predict (it is evaluated with them)")
     if config_json is None:
         config_json = json.dumps({"train": dataclasses.asdict(config)})
     is_main = jax.process_index() == 0
@@ -395,6 +404,9 @@ def _train(task, config, workdir, config_json, extension) -> TrainResult:
             prefetch.wait()  # no two threads ever read the datasets at once
         outputs = evaluate(task, state, config, mesh, predict_fn)
         summary = {f"eval/{k}": float(v) for k, v in task.summarize(outputs).items()}
+        if task.valid_data is not None:
+            valid = evaluate(task, state, config, mesh, predict_fn, task.valid_data)
+            summary.update({f"valid/{k}": float(v) for k, v in task.summarize(valid).items()})
         _check_eval(int(parallel.to_host(state.step)), summary)
         return summary, outputs
 
