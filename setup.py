@@ -17,6 +17,7 @@ EXPERIMENTS = [
     "matplotlib>=3.8",
     "scikit-learn>=1.4",
     "mnist1d>=0.0.2",
+    "tokenizers>=0.15",  # the byte-level BPE of fdiv.data.text (trained locally, never fetched)
 ]
 TFDS = ["tensorflow-datasets>=4.9"]
 TENSORBOARD = ["tensorboardX>=2.6"]  # TensorBoard event files beside metrics.jsonl
