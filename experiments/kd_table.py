@@ -10,8 +10,9 @@ and ECE (15 bins) as mean ± sample standard deviation over the seeds.
 Representational alignment (issue 16): for every run, linear CKA, RBF CKA and RSA between each
 layer of the seed's offline teacher and each layer of the student on the whole test split; a table
 of the last hidden layers and the logits, whether alignment tracks accuracy or calibration across
-methods (Spearman correlations), and one heatmap per method (linear CKA, mean over seeds) in
-``kd_alignment_<setting>.png`` beside ``--out``.
+methods (Spearman correlations), and the linear-CKA heatmap of each method (mean over seeds): all
+methods in one figure, ``kd_alignment_<setting>.png`` beside ``--out``, and one PNG per method,
+``<workdir>/<setting>/alignment_<method>.png``.
 """
 
 from __future__ import annotations
@@ -152,21 +153,30 @@ def alignment_findings(setting: str, aligned: dict, results: dict, seeds: list[i
     return "\n".join(lines)
 
 
-def alignment_heatmaps(setting: str, aligned: dict, seeds: list[int], path: str) -> None:
-    """One panel per method: linear CKA of every (offline teacher layer, student layer), seed mean."""
+def alignment_heatmaps(
+    setting: str, aligned: dict, seeds: list[int], path: str, method_dir: str
+) -> None:
+    """Linear CKA of every (offline teacher layer, student layer), seed mean: one figure with a
+    panel per method at ``path`` (the one results/ keeps) and one PNG per method in
+    ``method_dir`` (``alignment_<run name>.png``)."""
     matrices = {
-        label: np.mean(
-            [aligned[(setting, s)][(method, divergence)]["heatmap"] for s in seeds],
-            axis=0,
+        (label, method, divergence): np.mean(
+            [aligned[(setting, s)][(method, divergence)]["heatmap"] for s in seeds], axis=0
         )
         for label, method, divergence in METHODS
     }
     rows, cols = next(iter(matrices.values())).shape
-    train_plots.heatmap_grid(
-        matrices, path, row_names=layer_names(rows), col_names=layer_names(cols),
-        row_label="teacher layer", col_label="student layer",
-        title=f"{setting}: linear CKA to the offline teacher (test split, mean of {len(seeds)} seeds)",
-    )  # fmt: skip
+    axes = {
+        "row_names": layer_names(rows), "col_names": layer_names(cols),
+        "row_label": "teacher layer", "col_label": "student layer",
+    }  # fmt: skip
+    title = f"{setting}: linear CKA to the offline teacher (test split, mean of {len(seeds)} seeds)"
+    train_plots.heatmap_grid({k[0]: m for k, m in matrices.items()}, path, title=title, **axes)
+    for (label, method, divergence), matrix in matrices.items():
+        name = method if method != "fkd" else f"fkd_{divergence}"
+        train_plots.heatmap_grid(
+            {label: matrix}, os.path.join(method_dir, f"alignment_{name}.png"), **axes
+        )
 
 
 def table(setting: str, results: dict, seeds: list[int]) -> str:
@@ -253,8 +263,9 @@ def main() -> None:
     out_dir = os.path.dirname(args.out) or "."
     for setting in settings:
         alignment_heatmaps(
-            setting, aligned, seeds, os.path.join(out_dir, f"kd_alignment_{setting}.png")
-        )
+            setting, aligned, seeds, os.path.join(out_dir, f"kd_alignment_{setting}.png"),
+            os.path.join(args.workdir, setting),
+        )  # fmt: skip
     minutes = (time.time() - start) / 60
 
     command = f"python -m experiments.kd_table --workdir={args.workdir} --out={args.out} --settings={args.settings} --seeds={args.seeds}"  # fmt: skip

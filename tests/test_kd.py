@@ -359,3 +359,5 @@ def test_kd_table_reports_alignment_for_every_method(tmp_path, monkeypatch):
     assert [r.split(" | ")[0][2:] for r in alignment_rows] == [m[0] for m in methods]
     assert alignment_rows[0].split(" | ")[5] == "—" and alignment_rows[1].split(" | ")[5] != "—"
     assert "Spearman rho" in text and (out.parent / "kd_alignment_digits.png").stat().st_size > 0
+    for name in ("vanilla", "dml", "bdkd"):
+        assert (tmp_path / "runs" / "digits" / f"alignment_{name}.png").stat().st_size > 0

@@ -400,6 +400,16 @@ P = np.full((4, 3), 1.0 / 3)
 W = np.full(4, 0.25)
 
 
+def bad_probe(**changes):
+    """The probe on 4 valid examples of 2 features, 2 classes, with ``changes`` applied."""
+    args = {
+        "train_features": np.ones((4, 2)), "train_next": np.zeros(4, int),
+        "train_target": np.zeros(4, int), "test_features": np.ones((4, 2)),
+        "test_next": np.zeros(4, int), "test_target": np.zeros(4, int), "num_classes": 2,
+    }  # fmt: skip
+    return mk.probe_conditional_information(**{**args, **changes})
+
+
 @pytest.mark.parametrize(
     "call, message",
     [
@@ -431,55 +441,16 @@ W = np.full(4, 0.25)
             lambda: mk.spectral_alignment(np.ones((3, 2)), P, W, 1),
             r"features must have shape \[4, d\]",
         ),  # fmt: skip
+        (lambda: bad_probe(test_features=np.ones((4, 3))), "differ in width"),
         (
-            lambda: mk.probe_conditional_information(
-                np.ones((4, 2)),
-                np.zeros(4, int),
-                np.zeros(4, int),
-                np.ones((4, 3)),
-                np.zeros(4, int),
-                np.zeros(4, int),
-                num_classes=2,
-            ),
-            "differ in width",
-        ),  # fmt: skip
-        (
-            lambda: mk.probe_conditional_information(
-                np.ones((4, 2)),
-                np.zeros(4, int),
-                np.full(4, 2),
-                np.ones((4, 2)),
-                np.zeros(4, int),
-                np.zeros(4, int),
-                num_classes=2,
-            ),
+            lambda: bad_probe(train_target=np.full(4, 2)),
             r"train_target must lie in \[0, num_classes=2\)",
         ),  # fmt: skip
         (
-            lambda: mk.probe_conditional_information(
-                np.ones((4, 2)),
-                np.zeros(3, int),
-                np.zeros(4, int),
-                np.ones((4, 2)),
-                np.zeros(4, int),
-                np.zeros(4, int),
-                num_classes=2,
-            ),
+            lambda: bad_probe(train_next=np.zeros(3, int)),
             r"train_next must be integer tokens of shape \[4\]",
         ),  # fmt: skip
-        (
-            lambda: mk.probe_conditional_information(
-                np.ones((4, 2)),
-                np.zeros(4, int),
-                np.zeros(4, int),
-                np.ones((4, 2)),
-                np.zeros(4, int),
-                np.zeros(4, int),
-                num_classes=2,
-                l2=-1.0,
-            ),
-            "l2 must be >= 0",
-        ),  # fmt: skip
+        (lambda: bad_probe(l2=-1.0), "l2 must be >= 0"),
         (lambda: lang.ngram_language(3, order=0), "order must be an int >= 1"),
         (lambda: lang.ngram_language(3, forbidden_per_context=3), r"in \[0, 3\)"),
         (lambda: lang.prefix_conditionals(lang.ngram_language(3), 1), "length must be an int >= 2"),
