@@ -274,7 +274,7 @@ def main() -> None:
         "",
         f"Produced by `{command}` ({minutes:.1f} min on {machine()}; runs already complete "
         "in the workdir are re-opened and evaluated, not retrained: from scratch the table took "
-        "21.1 min on 2 cores shared with another job, with RBF CKA and RSA then computed for every layer pair). Student test "
+        "15.0 min on 2 cores, part of it shared with other jobs). Student test "
         "accuracy, NLL and ECE (15 bins), mean ± sample std over seeds; the teacher column is the "
         "offline teacher (pre-trained once per seed) or, for DML and BD-KD, the online peer.",
         "Settings are those of `configs/kd_digits.py` and `configs/kd_mnist1d.py` as committed.",
