@@ -87,14 +87,16 @@ def alignments(setting: str, seed: int, runs: dict) -> dict:
     for _, method, divergence in METHODS:
         kd_run = runs[(setting, seed, method, divergence)]
         student = kd.network_features(kd_run, "student", inputs)
-        last = kd.alignment([teacher[HIDDEN]], [student[HIDDEN]])
         entry = {
             "heatmap": kd.alignment(teacher, student, ["linear CKA"])["linear CKA"],
-            "last hidden": {name: float(value[0, 0]) for name, value in last.items()},
+            "last hidden": {
+                name: float(measure(teacher[HIDDEN], student[HIDDEN]))
+                for name, measure in kd.ALIGNMENT_MEASURES.items()
+            },
         }
         if method in kd.ONLINE:
             peer = kd.network_features(kd_run, "teacher", inputs)[HIDDEN]
-            entry["peer"] = float(kd.alignment([peer], [student[HIDDEN]], ["linear CKA"])["linear CKA"][0, 0])  # fmt: skip
+            entry["peer"] = float(kd.ALIGNMENT_MEASURES["linear CKA"](peer, student[HIDDEN]))
         out[(method, divergence)] = entry
     return out
 

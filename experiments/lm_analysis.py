@@ -47,6 +47,7 @@ from experiments._tables import mean_std
 from experiments.lm import ArrayDict
 from fdiv import analysis, models
 from fdiv.data import language as lang
+from fdiv.models import sampling
 from fdiv.train import Task, TrainConfig, Update, paths, train
 from fdiv.train import plots as train_plots
 from fdiv.train import workdir as wd
@@ -195,7 +196,7 @@ def run_one(config, name: str, seed: int, workdir: str) -> dict[str, Any]:
     )  # fmt: skip
     data_rng = np.random.default_rng([config.language.seed, seed])
     tokens = language.sample(data_rng, config.num_samples, length)
-    prefixes = np.stack(np.unravel_index(np.arange(v ** (length - 1)), (v,) * (length - 1)), -1)
+    prefixes = sampling.all_sequences(v, length - 1)  # every prefix, lexicographic
     reference = Reference(config, language, seed)
 
     @jax.jit  # op by op, the transformer's init compiles each of its primitives on its own
@@ -207,8 +208,7 @@ def run_one(config, name: str, seed: int, workdir: str) -> dict[str, Any]:
         del model_state, key
         x = batch["tokens"]
         logits = module.apply({"params": params["model"]}, jnp.zeros(x.shape[:1], jnp.int32), x)
-        log_q = jax.nn.log_softmax(logits[:, :-1], axis=-1)  # position t predicts x_t
-        nll = -jnp.mean(jnp.take_along_axis(log_q, x[..., None], axis=-1))
+        nll = -jnp.mean(sampling.token_log_probs(logits, x))  # position t predicts x_t
         return nll, ({}, {"nll": nll})
 
     def predict(params, model_state, batch):
@@ -228,7 +228,7 @@ def run_one(config, name: str, seed: int, workdir: str) -> dict[str, Any]:
         updates=[Update("mle", mle, ("model",))],
         optimizers={"model": optax.adam(config.learning_rate)},
         train_data=ArrayDict(tokens=tokens),
-        eval_data=ArrayDict(tokens=prefixes.astype(np.int32)),
+        eval_data=ArrayDict(tokens=prefixes),
         predict=predict,
         summarize=summarize,
     )
@@ -241,7 +241,7 @@ def run_one(config, name: str, seed: int, workdir: str) -> dict[str, Any]:
     result = train(task, tcfg, run_dir, config_json=config_json)
     # at initialisation (the same init function and seed), for the curves' first point
     params0, _ = init(jax.random.key(seed))
-    start = summarize(jax.jit(predict)(params0, {}, {"tokens": jnp.asarray(prefixes, jnp.int32)}))
+    start = summarize(jax.jit(predict)(params0, {}, {"tokens": jnp.asarray(prefixes)}))
     curve = [(0, start)] + [
         (r["step"], {k[len("eval/") :]: v for k, v in r.items() if k.startswith("eval/")})
         for r in wd.read_metrics(run_dir)

@@ -302,6 +302,11 @@ def positive_int(name: str, value) -> int:
 # ------------------------------------------------------------------------------------------------
 
 
+def is_concrete(x) -> bool:
+    """Whether an array's values can be checked now (not traced under ``jit`` / ``vmap`` / ``grad``)."""
+    return not isinstance(x, jax.core.Tracer)
+
+
 def is_static(x) -> bool:
     """Whether ``x`` is a Python (or NumPy) number, which the library may branch on at trace time."""
     return isinstance(x, (int, float, np.number)) and not isinstance(x, bool)

@@ -98,11 +98,6 @@ __all__ = [
 ]
 
 
-def _concrete(x) -> bool:
-    """Whether ``x``'s values can be checked now (not traced under jit / vmap / grad)."""
-    return not isinstance(x, jax.core.Tracer)
-
-
 def _log(p: jax.Array) -> jax.Array:
     """``log p`` with ``log 0 = -inf`` exactly and a zero (not NaN) gradient there."""
     positive = p > 0
@@ -119,7 +114,7 @@ def _weights(weights: ArrayLike, n: int, name: str = "weights") -> jax.Array:
     w = jnp.asarray(weights)
     if w.shape != (n,):
         raise ValueError(f"{name} must have shape [{n}] (one per context), got {w.shape}")
-    if _concrete(w):
+    if nx.is_concrete(w):
         w_np = np.asarray(w, np.float64)
         if not (np.isfinite(w_np).all() and (w_np >= 0).all() and w_np.sum() > 0):
             raise ValueError(f"{name} must be finite, >= 0 and not all 0")
@@ -130,7 +125,7 @@ def _probs(probs: ArrayLike, name: str) -> jax.Array:
     p = jnp.asarray(probs)
     if p.ndim != 2 or p.shape[1] == 0:
         raise ValueError(f"{name} must have shape [contexts, V], got {p.shape}")
-    if _concrete(p) and (np.asarray(p) < 0).any():
+    if nx.is_concrete(p) and (np.asarray(p) < 0).any():
         raise ValueError(f"{name} must be probabilities (>= 0)")
     return p
 
@@ -139,7 +134,7 @@ def _int_labels(labels: ArrayLike, n: int, name: str) -> jax.Array:
     labels = jnp.asarray(labels)
     if labels.shape != (n,) or not jnp.issubdtype(labels.dtype, jnp.integer):
         raise ValueError(f"{name} must be integer labels of shape [{n}], got {labels.dtype}{list(labels.shape)}")  # fmt: skip
-    if _concrete(labels) and not ((np.asarray(labels) >= 0).all() and (np.asarray(labels) < n).all()):  # fmt: skip
+    if nx.is_concrete(labels) and not ((np.asarray(labels) >= 0).all() and (np.asarray(labels) < n).all()):  # fmt: skip
         raise ValueError(f"{name} must lie in [0, {n}) (segment ids of the contexts)")
     return labels
 
@@ -229,7 +224,7 @@ def _joint(joint: ArrayLike, name: str, shape: str) -> jax.Array:
     joint = jnp.asarray(joint)
     if joint.ndim != 3 or 0 in joint.shape:
         raise ValueError(f"{name} must have shape {shape} (non-empty), got {joint.shape}")
-    if _concrete(joint) and not (np.asarray(joint) >= 0).all():
+    if nx.is_concrete(joint) and not (np.asarray(joint) >= 0).all():
         raise ValueError(f"{name} must be probabilities (>= 0)")
     (joint,) = nx.in_compute_dtype(joint)
     return joint
@@ -399,7 +394,7 @@ def probe_conditional_information(
         for name, labels in (("next", nxt), ("target", target)):
             if labels.shape != (x.shape[0],) or not jnp.issubdtype(labels.dtype, jnp.integer):
                 raise ValueError(f"{split}_{name} must be integer tokens of shape [{x.shape[0]}], got {labels.dtype}{list(labels.shape)}")  # fmt: skip
-            if _concrete(labels) and not ((np.asarray(labels) >= 0).all() and (np.asarray(labels) < num_classes).all()):  # fmt: skip
+            if nx.is_concrete(labels) and not ((np.asarray(labels) >= 0).all() and (np.asarray(labels) < num_classes).all()):  # fmt: skip
                 raise ValueError(f"{split}_{name} must lie in [0, num_classes={num_classes})")
         splits[split] = (x, nxt.astype(jnp.int32), target.astype(jnp.int32))
     if splits["train"][0].shape[1] != splits["test"][0].shape[1]:

@@ -112,11 +112,6 @@ _NORMALIZE = ("mean", "sum")
 _REDUCE = ("token", "sequence")
 
 
-def _concrete(x) -> bool:
-    """Whether ``x``'s values can be checked now (not traced under jit / vmap / grad)."""
-    return not isinstance(x, jax.core.Tracer)
-
-
 def _ints(x: ArrayLike, name: str) -> jax.Array:
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.integer):
@@ -126,7 +121,7 @@ def _ints(x: ArrayLike, name: str) -> jax.Array:
 
 def _in_range(x: jax.Array, name: str, high: int) -> None:
     """Concrete ``x`` in ``[-1, high)`` (-1: padding / missing)."""
-    if _concrete(x) and x.size:
+    if nx.is_concrete(x) and x.size:
         x_np = np.asarray(x)
         if x_np.min() < -1 or x_np.max() >= high:
             raise ValueError(f"{name} must lie in [-1, {high}) (-1 for padding), got values in [{x_np.min()}, {x_np.max()}]")  # fmt: skip
@@ -143,7 +138,7 @@ def _log_probs(x: ArrayLike, name: str, where: ArrayLike | None = None) -> jax.A
     x = jnp.asarray(x)
     if jnp.iscomplexobj(x) or not (jnp.issubdtype(x.dtype, jnp.floating) or jnp.issubdtype(x.dtype, jnp.integer)):  # fmt: skip
         raise ValueError(f"{name} must be real log-probabilities, got dtype {x.dtype}")
-    if _concrete(x) and (where is None or _concrete(where)):
+    if nx.is_concrete(x) and (where is None or nx.is_concrete(where)):
         x_np = np.asarray(x, np.float64)
         if where is not None:
             x_np = x_np[np.asarray(where)]
@@ -169,7 +164,7 @@ def token_log_probs(logits: ArrayLike, tokens: ArrayLike) -> jax.Array:
     nx.check_logits("token_log_probs", logits)
     if logits.ndim < 1 or logits.shape[:-1] != tokens.shape:
         raise ValueError(f"logits must be [..., T, V] and tokens [..., T]; got {logits.shape} and {tokens.shape}")  # fmt: skip
-    if _concrete(tokens) and tokens.size:
+    if nx.is_concrete(tokens) and tokens.size:
         t = np.asarray(tokens)
         if t.min() < 0 or t.max() >= logits.shape[-1]:
             raise ValueError(f"tokens must lie in [0, {logits.shape[-1]}), got values in [{t.min()}, {t.max()}]")  # fmt: skip

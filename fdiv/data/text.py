@@ -106,8 +106,11 @@ def _tfds_texts(name: str, split: str, *, data_dir=None) -> list[str]:
     return texts
 
 
-def _cache_dir(data_dir) -> str:
-    return data_dir or os.environ.get("FDIV_DATA_DIR") or os.path.expanduser("~/.cache/fdiv")
+def _cache_path(data_dir, name: str, files, filename: str) -> str:
+    """``<data_dir>/text/<corpus key>/<filename>``; ``data_dir`` defaults to ``$FDIV_DATA_DIR`` or
+    ``~/.cache/fdiv``."""
+    root = data_dir or os.environ.get("FDIV_DATA_DIR") or os.path.expanduser("~/.cache/fdiv")
+    return os.path.join(root, "text", _corpus_key(name, files), filename)
 
 
 def _corpus_key(name: str, files) -> str:
@@ -129,7 +132,7 @@ def bpe_tokenizer(name: str = "stdlib", vocab_size: int = 8192, *, data_dir=None
 
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 257:
         raise ValueError(f"vocab_size must be an int >= 257 (the 256 bytes and <|endoftext|>), got {vocab_size!r}")  # fmt: skip
-    path = os.path.join(_cache_dir(data_dir), "text", _corpus_key(name, files), f"bpe{vocab_size}.json")  # fmt: skip
+    path = _cache_path(data_dir, name, files, f"bpe{vocab_size}.json")
     if os.path.exists(path):
         return Tokenizer.from_file(path)
     tokenizer = Tokenizer(models.BPE())
@@ -205,7 +208,7 @@ def load_text(
     tokenizer (``<split>.npy``)."""
     _check_split(split)
     tokenizer = bpe_tokenizer(name, vocab_size, data_dir=data_dir, files=files)
-    path = os.path.join(_cache_dir(data_dir), "text", _corpus_key(name, files), f"bpe{vocab_size}-{split}.npy")  # fmt: skip
+    path = _cache_path(data_dir, name, files, f"bpe{vocab_size}-{split}.npy")
     if os.path.exists(path):
         tokens = np.load(path)
     else:
