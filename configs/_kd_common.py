@@ -71,7 +71,7 @@ def base_config() -> ConfigDict:
     c.teacher_optimizer = optimizer()
     # BD-KD (METHODS.md §2, reconstruction): forward-KL weight sigmoid(kappa (H(p) - H(q))).
     c.bdkd = ConfigDict({"kappa": 1.0, "teacher_kd_weight": 0.1})
-    # SinKD: alpha KD + (1 - alpha) CE + beta * scale * sum(plan * cost), the authors' settings.
+    # SinKD: alpha KL + (1 - alpha) CE + beta * scale * sum(plan * cost), the authors' settings.
     c.sinkd = ConfigDict(
         {
             "alpha": 0.9,
@@ -80,6 +80,8 @@ def base_config() -> ConfigDict:
             "temperature": 2.0,
             "epsilon": 0.1,
             "num_iters": 20,
+            # the authors' KD term has no tau^2 (loss.py, DistillKL); True restores Hinton's tau^2
+            "temperature_squared": False,
         }
     )
     c.train = train_config()

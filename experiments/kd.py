@@ -254,7 +254,7 @@ def student_loss_fn(config, nets: Networks):
             value = kd_losses.sinkd_loss(
                 logits, teacher_logits, labels, alpha=s.alpha, beta=s.beta, sinkhorn_scale=s.scale,
                 kd_temperature=config.temperature, sinkhorn_temperature=s.temperature,
-                epsilon=s.epsilon, num_iters=s.num_iters,
+                epsilon=s.epsilon, num_iters=s.num_iters, kd_temperature_squared=s.temperature_squared,
             )  # fmt: skip
             return value, (updates, {"ce": jnp.mean(kd_losses.cross_entropy(logits, labels))})
         name = "kl" if method == "vanilla" else config.divergence
@@ -296,10 +296,13 @@ def online_loss_fn(config, nets: Networks):
             t_loss = kd_losses.bdkd_teacher_loss(
                 t_logits, s_logits, labels, temperature=tau, teacher_kd_weight=b.teacher_kd_weight
             )
+            # BD-KD's mechanism is active only where the weight leaves 1/2: log its spread
+            weight = kd_losses.bdkd_forward_weight(s_logits, t_logits, kappa=b.kappa, temperature=tau)  # fmt: skip
+            low, high = jnp.quantile(jax.lax.stop_gradient(weight), jnp.array([0.05, 0.95]))
             extra = {
-                "forward_weight": kd_losses.bdkd_forward_weight(
-                    s_logits, t_logits, kappa=b.kappa, temperature=tau
-                )
+                "forward_weight": weight,
+                "forward_weight_p05": low,
+                "forward_weight_p95": high,
             }
         total = jnp.mean(s_loss) + jnp.mean(t_loss)
         return total, (

@@ -154,29 +154,55 @@ def run_config(base_path: str, fixed: Mapping[str, Any], setting: Mapping[str, A
     return config
 
 
+def wait_for_workdir(fn, run_dir: str):
+    """``fn()``, retried while another process holds ``run_dir``'s stage lock: with several
+    workers, runs sharing a first stage (a teacher) meet at its lock; the waiting run re-opens the
+    finished stage afterwards."""
+    from fdiv.train import workdir as wd
+
+    said = False
+    while True:
+        try:
+            return fn()
+        except wd.WorkdirBusyError as e:
+            if not said:
+                print(f"{run_dir}: waiting ({e})", flush=True)
+                said = True
+            time.sleep(BUSY_WAIT_SECONDS)
+
+
+def numbers(summary: Mapping[str, Any]) -> dict[str, float]:
+    """The numeric entries of a run summary (what a sweep compares)."""
+    return {k: v for k, v in summary.items() if isinstance(v, int | float) and not isinstance(v, bool)}  # fmt: skip
+
+
 def run_one(base_path: str, fixed, setting, seed: int, workdir: str, run_dir: str) -> dict:
     """One run in this process (also the worker entry point): the experiment's summary."""
     from absl import logging
 
     from experiments import main
-    from fdiv.train import workdir as wd
 
     logging.set_verbosity(logging.WARNING)
     config = run_config(base_path, fixed, setting, seed, workdir)
     experiment = importlib.import_module(main.EXPERIMENTS[config.experiment])
-    said = False
-    while True:
-        try:
-            summary = experiment.run(config, run_dir)
-            break
-        except wd.WorkdirBusyError as e:
-            # with --workers, runs sharing a first stage (a teacher) meet at its lock: wait for
-            # the holder to finish it, then this run re-opens the finished stage
-            if not said:
-                print(f"{run_dir}: waiting ({e})", flush=True)
-                said = True
-            time.sleep(BUSY_WAIT_SECONDS)
-    return {k: v for k, v in summary.items() if isinstance(v, int | float) and not isinstance(v, bool)}  # fmt: skip
+    return numbers(wait_for_workdir(lambda: experiment.run(config, run_dir), run_dir))
+
+
+def run_jobs(fn, jobs: Sequence[tuple], workers: int, on_done) -> None:
+    """``fn(*job)`` for every job, here (``workers <= 1``) or in ``workers`` spawned processes
+    (a fresh JAX each, never forked; ``fn`` must be a module-level function);
+    ``on_done(i, job, result, seconds)`` as each finishes (``i`` counts from 1)."""
+    if workers <= 1:
+        for i, job in enumerate(jobs, 1):
+            t0 = time.perf_counter()
+            on_done(i, job, fn(*job), time.perf_counter() - t0)
+        return
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+        futures = {pool.submit(fn, *job): (job, time.perf_counter()) for job in jobs}
+        for i, future in enumerate(concurrent.futures.as_completed(futures), 1):
+            job, t0 = futures[future]
+            on_done(i, job, future.result(), time.perf_counter() - t0)
 
 
 def check_workdir(workdir: str, record: Mapping[str, Any]) -> None:
@@ -202,24 +228,31 @@ def check_workdir(workdir: str, record: Mapping[str, Any]) -> None:
 # Selection and the report.
 
 
-def select(results: Mapping, grid_settings, seeds, metric: str, mode: str, group: Sequence[str]):
+def select(
+    results: Mapping, grid_settings, seeds, metric: str, mode: str, group: Sequence[str],
+    tiebreak: tuple[str, str] | None = None,
+):  # fmt: skip
     """Per group (the values of the ``group`` fields): the setting whose mean of ``metric`` over
-    seeds is best. Only ``metric`` (a ``valid/*`` metric) is read; ties keep the first setting.
+    seeds is best; equal means (to 1e-9) go to the better mean of ``tiebreak`` (``(metric, mode)``,
+    also ``valid/*``), then to the first setting. Only these validation metrics are read.
     Returns ``{group key: (setting, mean)}`` in first-appearance order."""
-    best: dict[tuple, tuple[dict, float]] = {}
-    sign = 1.0 if mode == "max" else -1.0
+    best: dict[tuple, tuple[dict, float, tuple]] = {}
+    rules = [(metric, mode)] + ([tiebreak] if tiebreak else [])
     for setting in grid_settings:
-        values = [results[(setting_name(setting), s)].get(metric) for s in seeds]
-        if any(v is None for v in values):
-            raise SweepError(
-                f"metric {metric!r} missing from the runs of {setting_name(setting)}; "
-                f"they report {sorted(results[(setting_name(setting), seeds[0])])}"
-            )
-        mean = float(np.mean(values))
+        score, means = [], []
+        for name, rule in rules:
+            values = [results[(setting_name(setting), s)].get(name) for s in seeds]
+            if any(v is None for v in values):
+                raise SweepError(
+                    f"metric {name!r} missing from the runs of {setting_name(setting)}; "
+                    f"they report {sorted(results[(setting_name(setting), seeds[0])])}"
+                )
+            means.append(float(np.mean(values)))
+            score.append((1.0 if rule == "max" else -1.0) * round(means[-1], 9))
         key = tuple(setting[g] for g in group)
-        if key not in best or sign * mean > sign * best[key][1]:
-            best[key] = (setting, mean)
-    return best
+        if key not in best or tuple(score) > best[key][2]:
+            best[key] = (setting, means[0], tuple(score))
+    return {key: (setting, mean) for key, (setting, mean, _) in best.items()}
 
 
 def report(results, grid_settings, seeds, metric, mode, group, extra: Sequence[str]) -> str:
@@ -308,32 +341,21 @@ def sweep(args: argparse.Namespace) -> str:
     results: dict[tuple[str, int], dict] = {}
     start = time.perf_counter()
 
-    def done(i, setting, seed, run_dir, summary, seconds):
+    def done(i, setting, seed, summary, seconds):
         results[(setting_name(setting), seed)] = summary
         value = summary.get(metric)
         shown = f"{value:.4f}" if isinstance(value, float) else "—"
         print(f"[{i}/{len(jobs)}] {setting_name(setting)} seed {seed}: {metric} = {shown} ({seconds:.0f} s)", flush=True)  # fmt: skip
 
-    if args.workers <= 1:
-        for i, (setting, seed, run_dir) in enumerate(jobs, 1):
-            t0 = time.perf_counter()
-            summary = run_one(args.config, fixed, setting, seed, args.workdir, run_dir)
-            done(i, setting, seed, run_dir, summary, time.perf_counter() - t0)
-    else:
-        context = multiprocessing.get_context("spawn")  # a fresh JAX per worker, never forked
-        with concurrent.futures.ProcessPoolExecutor(args.workers, mp_context=context) as pool:
-            futures = {
-                pool.submit(run_one, args.config, fixed, setting, seed, args.workdir, run_dir): (
-                    setting,
-                    seed,
-                    run_dir,
-                    time.perf_counter(),
-                )  # fmt: skip
-                for setting, seed, run_dir in jobs
-            }
-            for i, future in enumerate(concurrent.futures.as_completed(futures), 1):
-                setting, seed, run_dir, t0 = futures[future]
-                done(i, setting, seed, run_dir, future.result(), time.perf_counter() - t0)
+    run_jobs(
+        run_one,
+        [
+            (args.config, fixed, setting, seed, args.workdir, run_dir)
+            for setting, seed, run_dir in jobs
+        ],
+        args.workers,
+        lambda i, job, summary, seconds: done(i, job[2], job[3], summary, seconds),
+    )
 
     text = report(results, grid_settings, seeds, metric, mode, args.group, args.report)
     header = (

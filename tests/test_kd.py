@@ -142,11 +142,21 @@ def test_sinkhorn_distillation_matches_numpy(logits):
     expected = np.sum(plan * cost)
     got = kd.sinkhorn_distillation(s, t, temperature=2.0, epsilon=0.5, num_iters=20)
     np.testing.assert_allclose(got, expected, rtol=1e-4)
-    total = kd.sinkd_loss(s, t, y, alpha=0.8, beta=0.5, sinkhorn_scale=0.01, kd_temperature=4.0, sinkhorn_temperature=2.0, epsilon=0.5)  # fmt: skip
+    options = dict(alpha=0.8, beta=0.5, sinkhorn_scale=0.01, kd_temperature=4.0, sinkhorn_temperature=2.0, epsilon=0.5)  # fmt: skip
     ce = -log_softmax(s, -1)[np.arange(6), y]
-    kl = 16 * np_kl(softmax(t / 4, -1), softmax(s / 4, -1))
+    p4, log_q4 = softmax(t / 4, -1), log_softmax(s / 4, -1)
+    # the authors' KD term: soft cross-entropy without tau^2, i.e. KL plus the teacher's entropy
+    soft_ce = -np.sum(p4 * log_q4, -1)
+    kl = soft_ce + np.sum(p4 * np.log(p4), -1)
+    np.testing.assert_allclose(kl, np_kl(p4, softmax(s / 4, -1)), rtol=1e-5)
+    total = kd.sinkd_loss(s, t, y, **options)
     np.testing.assert_allclose(
         total, np.mean(0.8 * kl + 0.2 * ce) + 0.5 * 0.01 * expected, rtol=1e-4
+    )
+    # the switch back to Hinton's tau^2 scaling
+    total = kd.sinkd_loss(s, t, y, **options, kd_temperature_squared=True)
+    np.testing.assert_allclose(
+        total, np.mean(0.8 * 16 * kl + 0.2 * ce) + 0.5 * 0.01 * expected, rtol=1e-4
     )
 
 
@@ -333,31 +343,51 @@ def test_network_features_and_alignment_of_a_network_with_itself():
 
 
 @pytest.mark.slow
-def test_kd_table_reports_alignment_for_every_method(tmp_path, monkeypatch):
-    """The table's alignment part end to end on 2-step runs (one offline, both online methods:
-    ``findings`` needs vanilla, DML and BD-KD): per-method cells, the online-peer column, the
-    correlations and the heatmap."""
+def test_kd_table_tunes_each_method_on_validation(tmp_path, monkeypatch):
+    """The table end to end on 2-step runs with a small grid: each method's setting is chosen on
+    validation metrics (the chosen one is the appendix's best valid accuracy), stage 2 starts from
+    the stage-1 choice, the paired section uses the extra seed, BD-KD's balance weight is
+    reported, and the alignment part has its per-method cells, peer column and heatmaps."""
     import configs.kd_digits
     from experiments import kd_table
 
     methods = [
+        ("student alone (CE)", "student", "kl"),
         ("vanilla KD (KL)", "vanilla", "kl"),
         ("DML (online)", "dml", "kl"),
         ("BD-KD (online)", "bdkd", "kl"),
     ]
     monkeypatch.setattr(kd_table, "METHODS", methods)
-    tiny = tiny_config("student")  # built before get_config is replaced (it calls it)
+    grid = {"temperature": (1.0, 4.0), "kd_weight": (1.0,)}
+    monkeypatch.setattr(kd_table, "STAGE1", {"student": {}, "vanilla": grid, "dml": grid, "bdkd": grid})  # fmt: skip
+    monkeypatch.setattr(kd_table, "STAGE2", {"vanilla": ("kd_weight", (2.0,)), "dml": ("kd_weight", (2.0,)), "bdkd": ("bdkd.kappa", (0.0,))})  # fmt: skip
+    tiny = tiny_config("student", total_steps=6, log_every=3)  # built before get_config is replaced
+    tiny.teacher_steps = 6
     monkeypatch.setattr(configs.kd_digits, "get_config", tiny.copy_and_resolve_references)
     out = tmp_path / "results" / "kd.md"
     argv = ["kd_table", f"--workdir={tmp_path / 'runs'}", f"--out={out}", "--settings=digits"]
-    monkeypatch.setattr("sys.argv", [*argv, "--seeds=0"])
+    monkeypatch.setattr("sys.argv", [*argv, "--seeds=0", "--paired-seeds=1"])
     kd_table.main()
     text = out.read_text()
+    rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| ")]
+    # the sweep appendix: 3 settings per distilling method (2 + 1), the student's single one
+    appendix = text.split("## Appendix: the whole sweep")[1]
+    sweep_rows = [r for r in (line.split(" | ") for line in appendix.splitlines()) if len(r) == 6 and r[0] != "| method"]  # fmt: skip
+    assert [r[0][2:] for r in sweep_rows] == ["student alone (CE)"] + [m[0] for m in methods[1:] for _ in range(3)]  # fmt: skip
+    for label in ("vanilla KD (KL)", "DML (online)", "BD-KD (online)"):
+        mine = [r for r in sweep_rows if r[0][2:] == label]
+        valid = [float(r[2].split(" ± ")[0]) for r in mine]
+        chosen = [r for r in mine if r[1].startswith("**")]
+        assert len(chosen) == 1 and float(chosen[0][2].split(" ± ")[0]) == max(valid)
+        main_row = next(r for r in rows if r[0][2:] == label and len(r) == 8)
+        assert main_row[1] == chosen[0][1].strip("*")
+    assert "## Paired comparisons" in text and "| BD-KD beats DML | BD-KD (online) | DML (online) | 2 |" in text  # fmt: skip
+    assert "## BD-KD's balance weight" in text and (out.parent / "kd_bdkd_weight_digits.png").stat().st_size > 0  # fmt: skip
+    assert (out.parent / "kd_sweep_digits.png").stat().st_size > 0
     assert "## Representational alignment to the teacher" in text
-    rows = [line for line in text.splitlines() if line.startswith("| ")]
-    alignment_rows = [r for r in rows if r.count("|") == 8][1:]  # 7 columns, header dropped
-    assert [r.split(" | ")[0][2:] for r in alignment_rows] == [m[0] for m in methods]
-    assert alignment_rows[0].split(" | ")[5] == "—" and alignment_rows[1].split(" | ")[5] != "—"
+    alignment_rows = [r for r in rows if len(r) == 7][1:]  # 7 columns, header dropped
+    assert [r[0][2:] for r in alignment_rows] == [m[0] for m in methods]
+    assert alignment_rows[1][5] == "—" and alignment_rows[2][5] != "—"
     assert "Spearman rho" in text and (out.parent / "kd_alignment_digits.png").stat().st_size > 0
     for name in ("vanilla", "dml", "bdkd"):
         assert (tmp_path / "runs" / "digits" / f"alignment_{name}.png").stat().st_size > 0
