@@ -23,6 +23,21 @@ from absl import logging
 from experiments._tables import machine, write
 from fdiv.train import paths
 
+# DPH-RL as fdiv ran it before following the official code (configs/dphrl_toy.py's docstring).
+EARLIER_DPHRL = {
+    "prompt_split": "shared", "sample_filter": "all", "grpo.ddof": 0, "grpo.clip_high": 0.2,
+    "grpo.dual_clip": 0.0, "grpo.minibatches": 1, "penalty_clip": False,
+}  # fmt: skip
+# family -> (field, values, validation metric, tolerance): rows of the family that do not fix the
+# field get, per row, the smallest value whose validation metric (seed mean) stays within
+# `tolerance` of the initial policy's, else the largest: the most the method may move on its
+# training prompts at a matched preservation of held-out prompts (the test never decides). In the
+# DPH-RL task a held-out prompt cannot gain from RL (prompts are independent ids), so "best
+# validation pass@8" would always pick the largest eta, i.e. no RL at all.
+TUNE = {
+    "dphrl": ("eta", (0.1, 0.3, 1.0, 3.0, 10.0), "valid/pass@8", 0.02),
+}
+
 # family -> (config module, [(label, overrides)], [(summary key, column title)])
 FAMILIES = {
     "fdpo": (
@@ -73,18 +88,22 @@ FAMILIES = {
             ("GRPO alone", {"divergence": "none"}),
             ("DPH forward KL", {"divergence": "forward_kl"}),
             ("DPH JS", {"divergence": "js"}),
-            ("DPH JS, eta = 2 (paper's g)", {"divergence": "js", "eta": 2.0}),
             ("DPH reverse KL", {"divergence": "reverse_kl"}),
+            (
+                "DPH forward KL, fdiv's earlier setup (η = 1)",
+                {"divergence": "forward_kl", "eta": 1.0, **EARLIER_DPHRL},
+            ),  # fmt: skip
         ],
         [
-            ("train/pass@1", "train pass@1"),
-            ("train/pass@32_estimate", "train pass@32"),
-            ("heldout/pass@1", "held-out pass@1"),
-            ("heldout/pass@32_estimate", "held-out pass@32"),
-            ("train/correct_entropy", "train H(correct)"),
-            ("train/entropy", "train entropy"),
-            ("train/to_initial/forward_kl", "train KL(π₀‖π)"),
-            ("heldout/to_initial/forward_kl", "held-out KL(π₀‖π)"),
+            ("explore/pass@1", "explore pass@1"),
+            ("explore/correct_entropy", "explore H(correct)"),
+            ("perfect/pass@1", "perfect pass@1"),
+            ("valid/pass@8", "valid pass@8"),
+            ("test/pass@1", "test pass@1"),
+            ("test/pass@8", "test pass@8"),
+            ("test/pass@32_estimate", "test pass@32"),
+            ("test/correct_entropy", "test H(correct)"),
+            ("test/to_initial/forward_kl", "test KL(π₀‖π)"),
         ],
     ),
     "seqmatch": (
@@ -114,10 +133,19 @@ ABOUT = {
     "fdpg": "Target p ∝ a(y)·1[token 0 appears ≥ 2 times], a = the base policy (constraint rate "
     "0.15-0.18 under a, by seed); divergences are D_f(π‖p) in the alignment naming. The reverse-KL row's target "
     "gives violators 1e-4 of their base mass (KL(π‖p) is infinite for the hard constraint).",
-    "dphrl": "Prompt c asks for 4 tokens summing to 3 + c; prompts 0, 2, 4, 6 are trained, 1, 3, 5, 7 "
-    "held out; η = 1, 16 samples per prompt and step, 256 stored π₀ samples per training prompt. "
-    "pass@32 is the unbiased estimator over 128 samples per prompt; H(correct) is the entropy of "
-    "the policy restricted to the correct answers.",
+    "dphrl": "Prompt c asks for 4 tokens summing to 2 + c mod 8 (16 prompts); π₀ is fitted to "
+    "correct answers on the prompts with c mod 4 ∈ {0, 1} (mastered), to the Markov language's "
+    "answers elsewhere. Even prompts are the RL pool: those π₀ answers 4/4 correctly are the "
+    "penalty's ('perfect') prompts, with their correct π₀ samples stored (256 drawn per prompt), "
+    "the others GRPO's ('explore'); odd prompts are held out, c < 8 for validation and c ≥ 8 for the test (the "
+    "same sums). η per divergence from {0.1, 0.3, 1, 3, 10}: the smallest whose mean validation "
+    "pass@8 stays within 0.02 of π₀'s (held-out prompts cannot gain from RL here, they can only be "
+    "preserved), so the rows compare what each divergence lets GRPO learn at matched "
+    "preservation. GRPO as the official code: sample std (ddof = 1), clip [0.8, 1.28], dual clip 3, two "
+    "mini-batch steps per rollout of 16 answers per prompt. pass@1 / pass@8 exact, pass@32 the "
+    "unbiased estimator over 128 samples per prompt; H(correct): entropy of the policy restricted "
+    "to the correct answers. The last row is fdiv's earlier setup (penalty on unfiltered samples "
+    "of GRPO's own prompts, population std, symmetric clip, one step per rollout).",
     "seqmatch": "Markov language over 4 tokens with one forbidden successor per token, 512 training "
     "sequences of length 5; 10 actions at most (invalid = a forbidden bigram or unfinished). "
     "Recovery: from 64 held-out prefixes followed by a forced forbidden token, the probability of "
@@ -143,6 +171,11 @@ def slug(label: str) -> str:
 
 
 def run_one(family, module, label, overrides, seed, workdir, steps):
+    """One run (a worker's job): its summary with ``train_seconds``. The run directory is
+    ``<workdir>/<family>/seed<k>/<label slug>[/<field=value>]`` for a tuned value."""
+    from experiments import sweep
+
+    logging.set_verbosity(logging.WARNING)
     config = importlib.import_module(module).get_config()
     config.update_from_flattened_dict(overrides)
     config.train.seed = seed
@@ -152,9 +185,12 @@ def run_one(family, module, label, overrides, seed, workdir, steps):
     config.base.workdir = os.path.join(family_dir, "base")
     experiment = importlib.import_module(f"experiments.lm_{family}")
     experiment.validate(config)
-    workdir = os.path.join(family_dir, slug(label))
-    summary = experiment.run(config, workdir)
-    summary["train_seconds"] = train_seconds(workdir)
+    run_dir = os.path.join(family_dir, slug(label))
+    tuned = TUNE.get(family, (None,))[0]
+    if tuned in overrides and (family, label) in TUNED_ROWS:
+        run_dir = os.path.join(run_dir, f"{tuned}={overrides[tuned]}")
+    summary = sweep.numbers(sweep.wait_for_workdir(lambda: experiment.run(config, run_dir), run_dir))  # fmt: skip
+    summary["train_seconds"] = train_seconds(run_dir)
     return summary
 
 
@@ -177,13 +213,50 @@ def command(module: str, overrides) -> str:
     )
 
 
+TUNED_ROWS = {
+    (family, label)
+    for family, (_, rows, _) in FAMILIES.items()
+    for label, overrides in rows
+    if family in TUNE and TUNE[family][0] not in overrides and overrides.get("divergence") != "none"
+}
+
+
+def row_settings(family: str, label: str, overrides: dict) -> list[dict]:
+    """The overrides of every run a row needs: one, or one per tuned value."""
+    if (family, label) not in TUNED_ROWS:
+        return [overrides]
+    field, values, _, _ = TUNE[family]
+    return [{**overrides, field: v} for v in values]
+
+
+def choose(family: str, settings: list[dict], summaries: dict, seeds) -> dict:
+    """The smallest tuned value whose seed-mean validation metric is within the tolerance of the
+    initial policy's (``TUNE``); the largest if none is."""
+    if len(settings) == 1:
+        return settings[0]
+    field, _, metric, tolerance = TUNE[family]
+    split, rest = metric.split("/", 1)
+
+    def mean(o, key):
+        return np.mean([summaries[(json.dumps(o, sort_keys=True), s)][f"exact/{key}"] for s in seeds])  # fmt: skip
+
+    ordered = sorted(settings, key=lambda o: o[field])
+    close = [
+        o for o in ordered if mean(o, metric) >= mean(o, f"{split}/initial/{rest}") - tolerance
+    ]
+    return close[0] if close else ordered[-1]
+
+
 def main() -> None:
+    from experiments import sweep
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="runs/lm_table")
     parser.add_argument("--out", default="results/lm.md")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--families", default=",".join(FAMILIES))
     parser.add_argument("--steps", type=int, default=0, help="override total_steps (0: configs')")
+    parser.add_argument("--workers", type=int, default=1, help="runs at a time (processes)")
     args = parser.parse_args()
     logging.set_verbosity(logging.WARNING)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -193,6 +266,21 @@ def main() -> None:
         parser.error(f"unknown families {unknown}; known: {sorted(FAMILIES)}")
 
     start = time.perf_counter()
+    jobs = [
+        (family, FAMILIES[family][0], label, setting, seed, args.workdir, args.steps)
+        for family in families
+        for label, overrides in FAMILIES[family][1]
+        for setting in row_settings(family, label, overrides)
+        for seed in seeds
+    ]
+    summaries: dict = {}
+
+    def done(i, job, summary, seconds):
+        family, _, label, setting, seed = job[:5]
+        summaries[(family, label, json.dumps(setting, sort_keys=True), seed)] = summary
+        print(f"[{i}/{len(jobs)}] {family} {label} {setting} seed {seed} ({seconds:.0f} s)", flush=True)  # fmt: skip
+
+    sweep.run_jobs(run_one, jobs, args.workers, done)
     sections = []
     for family in families:
         module, rows, columns = FAMILIES[family]
@@ -204,36 +292,66 @@ def main() -> None:
             "| method | " + " | ".join(title for _, title in columns) + " | train s |",
             "|---|" + "---|" * (len(columns) + 1),
         ]
-        commands = []
+        commands, appendix = [], []
         for label, overrides in rows:
-            summaries = [
-                run_one(family, module, label, overrides, seed, args.workdir, args.steps)
-                for seed in seeds
-            ]
+            settings = row_settings(family, label, overrides)
+            by_setting = {
+                json.dumps(o, sort_keys=True): [
+                    summaries[(family, label, json.dumps(o, sort_keys=True), s)] for s in seeds
+                ]  # fmt: skip
+                for o in settings
+            }
+            chosen = choose(family, settings, {(k, s): r for k, runs in by_setting.items() for s, r in zip(seeds, runs, strict=True)}, seeds)  # fmt: skip
+            runs = by_setting[json.dumps(chosen, sort_keys=True)]
+            shown = label
+            if (family, label) in TUNED_ROWS:
+                field = TUNE[family][0]
+                shown = f"{label} ({'η' if field == 'eta' else field} = {chosen[field]:g}, chosen)"
+                appendix += [
+                    f"| {label} | {o[field]:g}{' (chosen)' if o == chosen else ''} | "
+                    + " | ".join(
+                        cell([r[f"exact/{key}"] for r in by_setting[json.dumps(o, sort_keys=True)]])
+                        for key, _ in columns
+                    )  # fmt: skip
+                    + " |"
+                    for o in settings
+                ]
             if (
                 family == "dphrl" and label == "GRPO alone"
             ):  # the initial policy, from the same runs
-                cells = [
-                    cell([s[f"exact/{_initial(key)}"] for s in summaries]) for key, _ in columns
-                ]
+                cells = [cell([s[f"exact/{_initial(key)}"] for s in runs]) for key, _ in columns]
                 lines.append("| initial policy π₀ | " + " | ".join(cells) + " | |")
-            cells = [cell([s[f"exact/{key}"] for s in summaries]) for key, _ in columns]
-            wall = np.mean([s["train_seconds"] for s in summaries])
-            lines.append(f"| {label} | " + " | ".join(cells) + f" | {wall:.0f} |")
-            commands.append(f"- {label}: `{command(module, overrides)}`")
-        sections.append("\n".join(lines + ["", *commands, ""]))
+            cells = [cell([s[f"exact/{key}"] for s in runs]) for key, _ in columns]
+            wall = np.mean([s["train_seconds"] for s in runs])
+            lines.append(f"| {shown} | " + " | ".join(cells) + f" | {wall:.0f} |")
+            commands.append(f"- {shown}: `{command(module, chosen)}`")
+        if appendix:
+            field = TUNE[family][0]
+            lines_appendix = [
+                "",
+                f"The {field} sweep (every value, mean ± sample std over seeds). Chosen: the "
+                f"smallest {field} whose {TUNE[family][2]} (validation prompts, seed mean) is "
+                f"within {TUNE[family][3]} of the initial policy's, else the largest:",
+                "",
+                f"| method | {field} | " + " | ".join(title for _, title in columns) + " |",
+                "|---|---|" + "---|" * len(columns),
+                *appendix,
+            ]
+        else:
+            lines_appendix = []
+        sections.append("\n".join(lines + lines_appendix + ["", *commands, ""]))
         print(sections[-1], flush=True)
 
     total = (time.perf_counter() - start) / 60
     header = (
         "# Language-model alignment on enumerable tasks\n\n"
         f"Regenerate: `python -m experiments.lm_table --workdir=runs/lm_table --out={args.out}"
-        f" --seeds={args.seeds}`"
+        f" --seeds={args.seeds} --workers={args.workers}"
         + (f" --steps={args.steps}" if args.steps else "")
-        + f"\n\nMean ± sample std over seeds {seeds}; every value is exact (all sequences "
-        "enumerated) except pass@k, the unbiased estimator over the sampled answers. "
-        f"{machine()}. Trained from scratch, the table takes about 21 min; this invocation took "
-        f"{total:.1f} min (finished runs are re-opened and re-evaluated, not retrained).\n\n"
+        + f"`\n\nMean ± sample std over seeds {seeds}; every value is exact (all sequences "
+        "enumerated) except pass@k estimates, the unbiased estimator over the sampled answers. "
+        f"{machine()}. This invocation took {total:.1f} min (finished runs are re-opened and "
+        "re-evaluated, not retrained).\n\n"
     )
     write(args.out, header + "\n".join(sections))
 

@@ -32,7 +32,17 @@ def tiny(family, **overrides):
     [
         ("fdpo", {"divergence": "js"}),
         ("fdpg", {"divergence": "forward_kl", "train.batch_size": 32, "proposal_every": 2}),
-        ("dphrl", {"divergence": "js", "eval_samples": 32, "pass_k": (1, 8), "num_stored": 16}),
+        # 100 base steps: pi_0 masters some prompts (the official perfect-prompt split needs one)
+        (
+            "dphrl",
+            {
+                "divergence": "js",
+                "eval_samples": 32,
+                "pass_k": (1, 8),
+                "num_stored": 16,
+                "base.steps": 100,
+            },
+        ),  # fmt: skip
         (
             "seqmatch",
             {"divergence": "chi2", "num_forced": 4, "train.batch_size": 16, "max_actions": 6},
@@ -70,6 +80,11 @@ def test_experiment_runs_and_reports_exact_metrics(tmp_path, family, overrides):
         ("dphrl", {"pass_k": (1, 500)}, "pass_k"),
         ("dphrl", {"divergence": "foo"}, "or 'none'"),
         ("dphrl", {"group_size": 1}, "group_size"),
+        ("dphrl", {"prompt_split": "both"}, "prompt_split='both' is not one of"),
+        ("dphrl", {"sample_filter": "best"}, "sample_filter='best' is not one of"),
+        ("dphrl", {"grpo.dual_clip": 0.5}, "dual_clip"),
+        ("dphrl", {"grpo.ddof": 2}, "ddof"),
+        ("dphrl", {"target_offset": 10}, "exceeds the largest sum 12"),
         ("seqmatch", {"backspace_rate": 2.0}, "backspace_rate"),
         ("seqmatch", {"language.forbidden_per_token": 0}, "recovery needs invalid tokens"),
         ("seqmatch", {"vocab_size": 16, "length": 5}, "too many to enumerate"),
@@ -122,6 +137,54 @@ def test_fdpg_target_is_the_constrained_base():
     config.constraint.floor = 0.01
     out = lm_fdpg.target_log_unnormalized(config, seqs, log_base)
     np.testing.assert_allclose(out, np.log([0.2, 0.3 * 0.01, 0.5]))
+
+
+def test_dphrl_prompt_roles_and_initial_policy_data(tmp_path):
+    """Roles partition the prompts (pool = even, valid / test = the odd ones below / above C/2); the
+    mastered prompts' SFT answers are all correct, the others' are the language's (mostly not)."""
+    from experiments import lm_dphrl
+
+    config = tiny("dphrl")
+    roles = lm_dphrl.prompt_roles(config)
+    np.testing.assert_array_equal(roles["pool"], np.arange(0, 16, 2))
+    np.testing.assert_array_equal(roles["valid"], [1, 3, 5, 7])
+    np.testing.assert_array_equal(roles["test"], [9, 11, 13, 15])
+    np.testing.assert_array_equal(roles["mastered"], [0, 1, 4, 5, 8, 9, 12, 13])
+    np.testing.assert_array_equal(lm_dphrl.targets(config), 2 + np.arange(16) % 8)
+    prompts, answers = lm_dphrl.sft_data(config, np.random.default_rng(0))
+    correct = answers.sum(-1) == lm_dphrl.targets(config)[prompts]
+    mastered = np.isin(prompts, roles["mastered"])
+    assert correct[mastered].all() and mastered.sum() > 50
+    assert correct[~mastered].mean() < 0.3
+    # too little base training: no prompt passes the 4/4 rule, and the run says what to change
+    config.base.steps = 2
+    with pytest.raises(ValueError, match="solves 0 of the 8 pool prompts 4/4 times"):
+        lm_dphrl.run(config, str(tmp_path))
+
+
+def test_results_table_tunes_eta_on_validation_prompts_only():
+    """The smallest eta whose validation pass@8 is within 0.02 of pi_0's; the test split's numbers
+    (here best at the smallest eta) never move the choice; the largest eta if none qualifies."""
+    from experiments import lm_table
+
+    settings = [{"divergence": "js", "eta": e} for e in (0.1, 1.0, 10.0)]
+    valid = {0.1: 0.80, 1.0: 0.89, 10.0: 0.90}
+
+    def summaries(initial):
+        return {
+            (json.dumps(o, sort_keys=True), seed): {
+                "exact/valid/pass@8": valid[o["eta"]] + 0.001 * seed,
+                "exact/valid/initial/pass@8": initial,
+                "exact/test/pass@8": 1.0 - o["eta"] / 10,
+            }
+            for o in settings
+            for seed in (0, 1)
+        }
+
+    assert lm_table.choose("dphrl", settings, summaries(0.90), [0, 1])["eta"] == 1.0
+    assert lm_table.choose("dphrl", settings, summaries(0.95), [0, 1])["eta"] == 10.0
+    assert lm_table.choose("dphrl", settings, summaries(0.80), [0, 1])["eta"] == 0.1
+    assert lm_table.choose("dphrl", settings[:1], {}, [0]) == settings[0]
 
 
 def test_results_table_rows_are_valid_configs_and_cells_format():

@@ -346,6 +346,22 @@ def test_dph_penalty_hand_values_and_mask():
     np.testing.assert_allclose(got, [half_paper], rtol=1e-6)
 
 
+def test_dph_penalty_clips_like_verl_low_var_kl():
+    """log u clipped to [-a, a], then each token's value to [-b, b]; no gradient beyond a clip."""
+    log_pi0 = jnp.zeros((1, 3))
+    log_pi = jnp.array([[-30.0, -5.0, 1.0]])  # u - 1 - log u: 29 (clipped), e^-5 + 4, e - 2
+    fn = lambda x: po.dph_penalty(x, log_pi0, log_ratio_clip=20.0, value_clip=10.0)
+    got, grad = value_and_grad_of_sum(fn)(log_pi)
+    values = [10.0, math.exp(-5.0) + 4.0, math.e - 2.0]
+    np.testing.assert_allclose(got, [np.mean(values)], rtol=1e-6)
+    np.testing.assert_allclose(grad, [[0.0, (math.exp(-5.0) - 1) / 3, (math.e - 1) / 3]], rtol=1e-6)  # fmt: skip
+    # log u = -25 is clipped to -20 (no gradient): value e^-20 + 19, no value clip given
+    got = po.dph_penalty(jnp.array([[-25.0]]), jnp.zeros((1, 1)), log_ratio_clip=20.0)
+    np.testing.assert_allclose(got, [math.exp(-20.0) + 19.0], rtol=1e-6)
+    with pytest.raises(ValueError, match="value_clip"):
+        po.dph_penalty(log_pi, log_pi0, value_clip=0.0)
+
+
 @pytest.mark.parametrize("name", ["forward_kl", "js"])
 def test_dph_penalty_gradients_match_finite_differences(name):
     rng = np.random.default_rng(4)
@@ -383,9 +399,15 @@ def test_group_advantages_against_numpy():
     rewards = rng.integers(0, 2, size=(6, 8)).astype(np.float32)
     rewards[0] = 1.0  # a group of equal rewards: advantage 0, not NaN
     centred = rewards - rewards.mean(axis=1, keepdims=True)
-    want = centred / (rewards.std(axis=1, keepdims=True) + 1e-6)
+    # default: the sample std (torch.std, as verl / DPH-RL and TRL); ddof=0 the population std
+    want = centred / (rewards.std(axis=1, ddof=1, keepdims=True) + 1e-6)
     np.testing.assert_allclose(po.group_advantages(rewards), want, rtol=1e-5, atol=1e-6)
+    population = centred / (rewards.std(axis=1, keepdims=True) + 1e-6)
+    np.testing.assert_allclose(po.group_advantages(rewards, ddof=0), population, rtol=1e-5, atol=1e-6)  # fmt: skip
     np.testing.assert_array_equal(po.group_advantages(rewards)[0], 0.0)
+    np.testing.assert_array_equal(po.group_advantages(rewards[:, :1]), 0.0)  # one response
+    with pytest.raises(ValueError, match="ddof"):
+        po.group_advantages(rewards, ddof=2)
     np.testing.assert_allclose(po.group_advantages(rewards, normalize=False), centred, atol=1e-6)
     np.testing.assert_array_equal(po.group_advantages(rewards, eps=0.0)[0], 0.0)
     with pytest.raises(ValueError, match="eps"):
@@ -422,6 +444,29 @@ def test_grpo_clipping_by_hand():
     np.testing.assert_allclose(loss, [-2.4, -1.0, 1.6, 3.0, -2.2], rtol=1e-5)
     np.testing.assert_allclose(grad[:, 0], [0.0, -1.0, 0.0, 3.0, -2.2], rtol=1e-5, atol=1e-7)
     np.testing.assert_array_equal(g_old, 0.0)  # the old log-probs carry no gradient
+
+
+def test_grpo_clip_higher_and_dual_clip_by_hand():
+    # e = 0.2, e_h = 0.28, c = 3; one token per row. (A, rho) -> (loss, d loss / d log pi):
+    #   A = 2,  rho = 1.25: inside [0.8, 1.28]                -> -2.5, -2.5 (clipped at e = 0.2)
+    #   A = 2,  rho = 1.5:  min(3, 2.56) = 2.56 (clipped)      -> -2.56, 0
+    #   A = -2, rho = 2.5:  max(min(-5, -1.6), -6) = -5        -> 5,    -rho A = 5
+    #   A = -2, rho = 4:    max(min(-8, -1.6), -6) = -6 (dual) -> 6,    0
+    #   A = -2, rho = 0.5:  min(-1, -1.6) = -1.6 (clipped)     -> 1.6,  0
+    adv = jnp.array([2.0, 2.0, -2.0, -2.0, -2.0])
+    rho = np.array([1.25, 1.5, 2.5, 4.0, 0.5])
+    old = jnp.full((5, 1), -1.0)
+    log_pi = old + jnp.asarray(np.log(rho))[:, None]
+    fn = lambda x: po.grpo_loss(x, adv, old_log_pi_tokens=old, clip_epsilon=0.2, clip_epsilon_high=0.28, dual_clip=3.0)  # fmt: skip
+    loss, grad = value_and_grad_of_sum(fn)(log_pi)
+    np.testing.assert_allclose(loss, [-2.5, -2.56, 5.0, 6.0, 1.6], rtol=1e-5)
+    np.testing.assert_allclose(grad[:, 0], [-2.5, 0.0, 5.0, 0.0, 0.0], rtol=1e-5, atol=1e-7)
+    symmetric = po.grpo_loss(log_pi, adv, old_log_pi_tokens=old, clip_epsilon=0.2)
+    np.testing.assert_allclose(symmetric, [-2.4, -2.4, 5.0, 8.0, 1.6], rtol=1e-5)
+    with pytest.raises(ValueError, match="dual_clip"):
+        po.grpo_loss(log_pi, adv, dual_clip=1.0)
+    with pytest.raises(ValueError, match="clip_epsilon_high"):
+        po.grpo_loss(log_pi, adv, clip_epsilon_high=0.0)
 
 
 def test_grpo_gradient_matches_finite_differences_and_hostile_ratios():

@@ -342,6 +342,8 @@ def dph_penalty(
     *,
     divergence: str | gen.Generator = "forward_kl",
     where: ArrayLike | None = None,
+    log_ratio_clip: float | None = None,
+    value_clip: float | None = None,
 ) -> jax.Array:
     r"""DPH-RL's rehearsal penalty per stored sequence: ``mean_t g_c(pi(y_t|.)/pi_0(y_t|.))``.
 
@@ -358,6 +360,10 @@ def dph_penalty(
       log_pi0_tokens: ``[B, T]`` the stored token log-probs under ``pi_0`` (no gradient).
       divergence: an alignment name (default ``"forward_kl"``), a catalog name or a generator.
       where: ``[B, T]`` booleans; ``False`` tokens (padding) are left out.
+      log_ratio_clip: ``a > 0``: ``log u`` clipped to ``[-a, a]`` first (no gradient beyond).
+      value_clip: ``b > 0``: each token's ``g_c`` clipped to ``[-b, b]`` (no gradient beyond).
+        DPH-RL's code clips its forward-KL term (``a = 20``, ``b = 10``, verl's ``low_var_kl``);
+        ``None`` (default) keeps the exact value.
 
     Returns:
       ``[B]``; 0 for a row without kept tokens.
@@ -370,23 +376,34 @@ def dph_penalty(
     log_pi, log_pi0 = nx.in_compute_dtype(log_pi_tokens, log_pi0_tokens)
     keep = _mask(where, jnp.broadcast_shapes(log_pi.shape, log_pi0.shape))
     log_u = jnp.where(keep, log_pi - jax.lax.stop_gradient(log_pi0), 0.0)
+    if log_ratio_clip is not None:
+        nx.check_hyperparameter("log_ratio_clip", log_ratio_clip, lambda a: a > 0, "> 0")
+        log_u = jnp.clip(log_u, -log_ratio_clip, log_ratio_clip)
     value = g.f(log_u)
     c = g.f_prime_at_one  # traced for a traced skew generator
     if not (nx.is_static(c) and c == 0):
         value = value - c * jnp.expm1(log_u)
+    if value_clip is not None:
+        nx.check_hyperparameter("value_clip", value_clip, lambda b: b > 0, "> 0")
+        value = jnp.clip(value, -value_clip, value_clip)
     value = jnp.where(keep, value, 0.0)
     count = jnp.sum(keep, axis=-1)
     return jnp.sum(value, axis=-1) / jnp.maximum(count, 1).astype(value.dtype)
 
 
-def group_advantages(rewards: ArrayLike, *, normalize: bool = True, eps: float = 1e-6) -> jax.Array:
+def group_advantages(
+    rewards: ArrayLike, *, normalize: bool = True, eps: float = 1e-6, ddof: int = 1
+) -> jax.Array:
     r"""Group-relative advantages ``(r - mean_g r) / (std_g r + eps)`` over the last axis.
 
     Args:
       rewards: ``[P, G]``: ``G`` sampled responses to each of ``P`` prompts.
-      normalize: divide by the group's (population, ``ddof = 0``) standard deviation plus ``eps``;
-        ``False`` gives ``r - mean_g r``.
+      normalize: divide by the group's standard deviation plus ``eps``; ``False`` gives
+        ``r - mean_g r``.
       eps: ``>= 0``; keeps a group of equal rewards at advantage 0.
+      ddof: the standard deviation's delta degrees of freedom: 1 (default) is the sample std of
+        ``torch.std``, which verl (and so DPH-RL's code) and TRL use; 0 the population std. A group
+        of one response has advantage 0 either way.
 
     Returns:
       ``[P, G]``.
@@ -396,11 +413,14 @@ def group_advantages(rewards: ArrayLike, *, normalize: bool = True, eps: float =
       Language Models (GRPO).
     """
     nx.check_hyperparameter("eps", eps, lambda e: e >= 0, ">= 0")
+    if ddof not in (0, 1):
+        raise ValueError(f"ddof={ddof!r}: must be 0 (population std) or 1 (sample std)")
     (rewards,) = nx.in_compute_dtype(rewards)
     centred = rewards - jnp.mean(rewards, axis=-1, keepdims=True)
     if not normalize:
         return centred
-    std = jnp.sqrt(jnp.mean(jnp.square(centred), axis=-1, keepdims=True))
+    dof = max(rewards.shape[-1] - ddof, 1)  # G = 1: centred is 0, any divisor gives 0
+    std = jnp.sqrt(jnp.sum(jnp.square(centred), axis=-1, keepdims=True) / dof)
     denominator = std + eps
     safe = jnp.where(denominator > 0, denominator, 1.0)
     return jnp.where(denominator > 0, centred / safe, 0.0)
@@ -412,21 +432,29 @@ def grpo_loss(
     *,
     old_log_pi_tokens: ArrayLike | None = None,
     clip_epsilon: float = 0.2,
+    clip_epsilon_high: float | None = None,
+    dual_clip: float | None = None,
     where: ArrayLike | None = None,
 ) -> jax.Array:
-    r"""Clipped policy-gradient loss per sequence, ``-mean_t min(rho_t A, clip(rho_t, 1 +- e) A)``.
+    r"""Clipped policy-gradient loss per sequence, ``-mean_t min(rho_t A, clip(rho_t, 1 - e, 1 + e_h) A)``.
 
     ``rho_t = exp(log pi_theta(y_t|.) - log pi_old(y_t|.))``. ``old_log_pi_tokens=None`` means
     on-policy (``old = stop_gradient(log_pi)``, ``rho = 1``), where the gradient is
     ``-A grad mean_t log pi``. The unclipped term is only evaluated where it is the minimum, so a
-    huge ratio on the clipped side gives a finite value and a zero gradient.
+    huge ratio on the clipped side gives a finite value and a zero gradient. With ``dual_clip = c``
+    a negative advantage's objective is also bounded below, ``max(min(...), c A)`` (Ye et al.
+    2020; verl's ``clip_ratio_c``), so a huge ratio cannot make one token dominate.
 
     Args:
       log_pi_tokens: ``[B, T]`` differentiable token log-probs under ``pi_theta``.
       advantages: ``[B]`` per-sequence advantages (e.g. :func:`group_advantages`, flattened), or
         ``[B, T]`` per token.
       old_log_pi_tokens: ``[B, T]`` token log-probs under the sampling policy (no gradient).
-      clip_epsilon: ``e`` in ``(0, 1)``.
+      clip_epsilon: ``e`` in ``(0, 1)``, the lower clip ``1 - e`` (and the upper one unless
+        ``clip_epsilon_high`` is given).
+      clip_epsilon_high: ``e_h > 0``, the upper clip ``1 + e_h`` (DAPO's "clip-higher", e.g.
+        0.28); ``None`` is ``e``.
+      dual_clip: ``c > 1`` or ``None`` (no dual clip).
       where: ``[B, T]`` booleans; ``False`` tokens (padding) are left out.
 
     Returns:
@@ -434,9 +462,14 @@ def grpo_loss(
 
     References:
       Schulman et al. (2017), Proximal Policy Optimization Algorithms; Shao et al. (2024),
-      DeepSeekMath (GRPO).
+      DeepSeekMath (GRPO); Yu et al. (2025), DAPO (clip-higher); Ye et al. (2020), Mastering
+      Complex Control in MOBA Games with Deep Reinforcement Learning (dual clip).
     """
     nx.check_hyperparameter("clip_epsilon", clip_epsilon, lambda e: 0.0 < e < 1.0, "in (0, 1)")
+    if clip_epsilon_high is not None:
+        nx.check_hyperparameter("clip_epsilon_high", clip_epsilon_high, lambda e: e > 0.0, "> 0")
+    if dual_clip is not None:
+        nx.check_hyperparameter("dual_clip", dual_clip, lambda c: c > 1.0, "> 1")
     arrays = [log_pi_tokens, advantages]
     if old_log_pi_tokens is not None:
         arrays.append(old_log_pi_tokens)
@@ -448,13 +481,17 @@ def grpo_loss(
         adv = adv[..., None]
     keep = _mask(where, log_pi.shape)
     log_ratio = jnp.where(keep, log_pi - jax.lax.stop_gradient(old), 0.0)
-    lo, hi = jnp.log1p(-clip_epsilon), jnp.log1p(clip_epsilon)
-    # min(rho A, clip(rho) A) is the unclipped term iff (A >= 0 and rho <= 1 + e) or
-    # (A < 0 and rho >= 1 - e); elsewhere it is the clipped, constant one.
-    unclipped = jnp.where(adv >= 0, log_ratio <= hi, log_ratio >= lo)
+    high = clip_epsilon if clip_epsilon_high is None else clip_epsilon_high
+    lo, hi = jnp.log1p(-clip_epsilon), jnp.log1p(high)
+    # min(rho A, clip(rho) A) is the unclipped term iff (A >= 0 and rho <= 1 + e_h) or
+    # (A < 0 and rho >= 1 - e); elsewhere it is the clipped, constant one. The dual clip replaces
+    # a negative advantage's unclipped term by the constant c A where rho > c.
+    above_dual = jnp.zeros_like(keep) if dual_clip is None else log_ratio > jnp.log(dual_clip)
+    unclipped = jnp.where(adv >= 0, log_ratio <= hi, (log_ratio >= lo) & ~above_dual)
     rho = jnp.exp(jnp.where(unclipped, log_ratio, 0.0))
     rho_clipped = jnp.exp(jnp.clip(jax.lax.stop_gradient(log_ratio), lo, hi))
-    objective = jnp.where(unclipped, rho * adv, rho_clipped * adv)
+    clipped = rho_clipped * adv if dual_clip is None else jnp.where(above_dual & (adv < 0), dual_clip * adv, rho_clipped * adv)  # fmt: skip
+    objective = jnp.where(unclipped, rho * adv, clipped)
     objective = jnp.where(keep, objective, 0.0)
     count = jnp.sum(keep, axis=-1)
     return -jnp.sum(objective, axis=-1) / jnp.maximum(count, 1).astype(objective.dtype)
