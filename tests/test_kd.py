@@ -342,6 +342,27 @@ def test_network_features_and_alignment_of_a_network_with_itself():
     assert np.all((cross["linear CKA"] >= 0) & (cross["linear CKA"] <= 1))
 
 
+def test_kd_table_reads_finished_runs_without_reopening(tmp_path, monkeypatch):
+    """A finished run's summary is read back only for exactly its config: another setting, or a
+    longer run, is not taken for it."""
+    import configs.kd_digits
+    from experiments import kd_table
+
+    tiny = tiny_config("student")
+    monkeypatch.setattr(configs.kd_digits, "get_config", tiny.copy_and_resolve_references)
+    workdir = str(tmp_path)
+    summary = kd_table.summary_of("digits", 0, "student", "kl", workdir, {})
+    config = kd_table.run_config("digits", 0, "student", "kl", workdir, {})
+    directory = kd_table.run_dir(workdir, "digits", 0, "student", "kl", {})
+    assert kd_table.finished_summary(config, directory)["eval/student/accuracy"] == summary["eval/student/accuracy"]  # fmt: skip
+    assert kd_table.summary_of("digits", 0, "student", "kl", workdir, {}) == summary
+    config.temperature = 2.0
+    assert kd_table.finished_summary(config, directory) is None
+    config.temperature, config.train.total_steps = tiny.temperature, 4
+    assert kd_table.finished_summary(config, directory) is None
+    assert kd_table.finished_summary(config, str(tmp_path / "nothing")) is None
+
+
 @pytest.mark.slow
 def test_kd_table_tunes_each_method_on_validation(tmp_path, monkeypatch):
     """The table end to end on 2-step runs with a small grid: each method's setting is chosen on
