@@ -33,6 +33,7 @@ EXPERIMENTS = {
     "seqmatch": "experiments.lm_seqmatch",
     "dkm": "experiments.dkm",
     "lm_analysis": "experiments.lm_analysis",
+    "lm_kd": "experiments.lm_kd",
 }
 
 

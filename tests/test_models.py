@@ -686,3 +686,21 @@ def test_transformer_records_the_state_its_head_reads():
         head["bias"]
     )
     np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_transformer_hidden_only_feeds_a_bias_free_head():
+    """``head_bias=False``: ``logits = hidden_only @ kernel`` (numpy), the form the fused head
+    takes; ``hidden_only`` equals the sown state either way."""
+    module = models.CausalTransformer(
+        num_actions=5, vocab_size=5, max_len=4, dim=8, num_heads=2, head_bias=False
+    )
+    context, tokens = jnp.zeros((2,), jnp.int32), jnp.array([[0, 1, 4, 1], [2, 3, 0, 1]])
+    variables = module.init(KEY, context, tokens)
+    assert set(variables["params"]["head"]) == {"kernel"}
+    hidden = module.apply(variables, context, tokens, hidden_only=True)
+    logits, (sown,) = models.sown_features(module, variables, context, tokens)
+    np.testing.assert_array_equal(hidden, sown)
+    kernel = np.asarray(variables["params"]["head"]["kernel"])
+    np.testing.assert_allclose(
+        logits, np.asarray(hidden, np.float64) @ kernel, rtol=1e-5, atol=1e-6
+    )

@@ -25,6 +25,9 @@ class CausalTransformer(nn.Module, kw_only=True):
       num_contexts: context ids are in ``[0, num_contexts)``.
       max_len: the longest ``tokens`` accepted (``T <= max_len``).
       dim, num_heads, num_layers, mlp_ratio: width, heads, depth, MLP expansion.
+      head_bias: whether the output head has a bias. Without one, ``logits = h @ kernel`` with
+        ``h = apply(..., hidden_only=True)`` and ``kernel = params["head"]["kernel"]`` ``[dim, A]``,
+        the form :func:`fdiv.fused.fused_linear_divergence` takes (``weight = kernel.T``).
     """
 
     num_actions: int
@@ -35,6 +38,7 @@ class CausalTransformer(nn.Module, kw_only=True):
     num_heads: int = 4
     num_layers: int = 2
     mlp_ratio: int = 4
+    head_bias: bool = True
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
@@ -54,7 +58,16 @@ class CausalTransformer(nn.Module, kw_only=True):
         return False
 
     @nn.compact
-    def __call__(self, context: jax.Array, tokens: jax.Array, *, train: bool = False) -> jax.Array:
+    def __call__(
+        self,
+        context: jax.Array,
+        tokens: jax.Array,
+        *,
+        train: bool = False,
+        hidden_only: bool = False,
+    ) -> jax.Array:
+        """Logits ``[B, T + 1, A]``; with ``hidden_only`` the final (normalised) hidden states
+        ``[B, T + 1, dim]`` the head reads, so a fused head never materialises the logits."""
         del train  # no dropout: the experiments are small and exactly measured
         batch, length = tokens.shape
         if length > self.max_len:
@@ -75,4 +88,7 @@ class CausalTransformer(nn.Module, kw_only=True):
             x = x + nn.Dense(self.dim, kernel_init=init, name=f"mlp_out_{i}")(nn.gelu(h))
         x = nn.LayerNorm(name="ln_final")(x)
         sow_features(self, x)  # the state the head reads: [B, T + 1, dim]
-        return nn.Dense(self.num_actions, kernel_init=init, name="head")(x)
+        if hidden_only and not self.is_initializing():
+            return x
+        head = nn.Dense(self.num_actions, use_bias=self.head_bias, kernel_init=init, name="head")
+        return head(x)
