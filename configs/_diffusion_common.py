@@ -81,7 +81,10 @@ def base_config() -> ConfigDict:
         }
     )
     # G(z) = D(init_sigma z, init_sigma), a copy of the teacher (FastGen, DMD2: init_sigma = sigma_max).
-    c.generator = ConfigDict({"init_sigma": c.noise.sigma_max, "init_from_teacher": True})
+    # ema_decay: the weights evaluated are an EMA of the generator's (FastGen keeps three); 0: the raw ones.
+    c.generator = ConfigDict(
+        {"init_sigma": c.noise.sigma_max, "init_from_teacher": True, "ema_decay": 0.0}
+    )
     c.network = ConfigDict({"hidden": (256, 256, 256)})  # the mixture's ScoreMLP denoisers
     # The discriminator: a head on the frozen teacher's features (teacher), or on x_t (input).
     c.discriminator = ConfigDict({"hidden": (128,), "features": "teacher"})

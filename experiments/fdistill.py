@@ -56,6 +56,7 @@ FIELD_RULES = {
     "huber_c": _checks.greater(0),
     "sigma_data": _checks.greater(0),
     "generator.init_sigma": _checks.greater(0),
+    "generator.ema_decay": _checks.interval(0, 1, "[)"),  # 0: evaluate the raw weights
     "noise.sigma_min": _checks.greater(0),
     "noise.sigma_max": _checks.greater(0),
     "noise.rho": _checks.greater(0),
@@ -490,6 +491,7 @@ def build_task(config: ml_collections.ConfigDict, workdir: str = "") -> tuple[Ta
         "noise", "eval", np.asarray(z_eval), np.zeros(len(z_eval), np.int32), num_classes=1
     )
     init_sigma = config.generator.init_sigma
+    ema_decay = config.generator.ema_decay
     teacher_params = setting.teacher_params
 
     def teacher(params, x, sigma):
@@ -531,11 +533,15 @@ def build_task(config: ml_collections.ConfigDict, workdir: str = "") -> tuple[Ta
                 params["discriminator"] = discriminator.init(k3, x, sig, train=False)["params"]
         if uses_ratio and s.ratio_bins:
             model_state["ratio_stats"] = dl.init_ratio_stats(s.ratio_bins)
+        if ema_decay:
+            # FastGen initialises its EMAs from the student's (here: the teacher's) weights.
+            model_state["generator_ema"] = params["generator"]
         return params, model_state
 
-    def generate(params, z):
+    def generate(params, z, weights=None):
         sigma = jnp.full((z.shape[0],), init_sigma, z.dtype)
-        return denoiser.apply({"params": params["generator"]}, init_sigma * z, sigma, train=False)
+        weights = params["generator"] if weights is None else weights
+        return denoiser.apply({"params": weights}, init_sigma * z, sigma, train=False)
 
     def fake_score_loss(denoised, x0, sigma):
         sq = jnp.sum(jnp.square(denoised - x0).reshape(x0.shape[0], -1), axis=-1) / numel
@@ -637,6 +643,14 @@ def build_task(config: ml_collections.ConfigDict, workdir: str = "") -> tuple[Ta
         extra["grad_share_sigma_lt_1"] = grad_share(
             jax.lax.stop_gradient(g), sigma, GRAD_SHARE_SIGMA
         )
+        if ema_decay:
+            # The loss sees the weights before this update, so the EMA after update t averages
+            # the weights of updates 0..t-1: a one-update lag, immaterial at decay >= 0.99.
+            updates["generator_ema"] = jax.tree.map(
+                lambda e, w: ema_decay * e + (1.0 - ema_decay) * jax.lax.stop_gradient(w),
+                model_state["generator_ema"],
+                params["generator"],
+            )
         return loss, (updates, extra)
 
     critics = ("fake_score", "discriminator") if use_discriminator else ("fake_score",)
@@ -645,7 +659,8 @@ def build_task(config: ml_collections.ConfigDict, workdir: str = "") -> tuple[Ta
     optimizers["generator"] = make_optimizer(config.generator_optimizer, counts["generator"])
 
     def predict(params, model_state, batch):
-        return {"samples": generate(params, batch["inputs"])}
+        # Evaluated: the EMA of the generator's weights where there is one (FastGen), else the raw.
+        return {"samples": generate(params, batch["inputs"], model_state.get("generator_ema"))}
 
     def summarize(outputs):
         return setting.summarize(outputs["samples"])

@@ -101,6 +101,26 @@ def test_generator_and_fake_score_start_as_the_teacher(tmp_path, stages):
     np.testing.assert_allclose(got, expected, rtol=1e-6)
 
 
+def test_generator_ema_averages_the_weights_and_is_what_is_evaluated(tmp_path, stages):
+    decay = 0.9
+    task, setting = fdistill.build_task(small(stages_dir=stages, generator={"ema_decay": decay}), str(tmp_path))  # fmt: skip
+    params, model_state = task.init(jax.random.key(0))
+    for a, b in zip(jax.tree.leaves(model_state["generator_ema"]), jax.tree.leaves(params["generator"]), strict=True):  # fmt: skip
+        np.testing.assert_array_equal(a, b)  # FastGen starts its EMAs at the initial weights
+    # Weights moved away from the EMA: the update is decay * ema + (1 - decay) * weights.
+    moved = jax.tree.map(lambda w: w + 0.5, params["generator"])
+    batch = {"inputs": jnp.zeros((8, 2)), "labels": jnp.zeros((8,), jnp.int32)}
+    generator_update = next(u for u in task.updates if u.name == "generator")
+    _, (updates, _) = generator_update.loss({**params, "generator": moved}, model_state, batch, jax.random.key(1))  # fmt: skip
+    for new, old in zip(jax.tree.leaves(updates["generator_ema"]), jax.tree.leaves(params["generator"]), strict=True):  # fmt: skip
+        np.testing.assert_allclose(new, np.asarray(old) + (1 - decay) * 0.5, rtol=1e-6, atol=1e-6)
+    # predict draws with the EMA weights, not the raw ones.
+    z = jnp.ones((3, 2))
+    ema_only = task.predict({**params, "generator": moved}, model_state, {"inputs": z})["samples"]
+    raw = task.predict(params, {}, {"inputs": z})["samples"]
+    np.testing.assert_array_equal(ema_only, raw)
+
+
 def test_grad_share_by_hand():
     g = jnp.asarray([[3.0, 4.0], [0.0, 1.0], [6.0, 8.0]])  # norms 5, 1, 10
     sigma = jnp.asarray([0.5, 2.0, 0.9])
