@@ -16,6 +16,13 @@ def mean_std(values) -> str:
     return f"{values.mean():.4f} ± {std:.4f}"
 
 
+def slug(label: str) -> str:
+    """A row label as a directory name: its ASCII letters and digits, lower case, runs of
+    anything else as one ``_``."""
+    keep = "".join(c if c.isascii() and c.isalnum() else " " for c in label.lower())
+    return "_".join(keep.split())
+
+
 def machine() -> str:
     return f"{os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}, jax {jax.__version__}"
 

@@ -22,7 +22,7 @@ import numpy as np
 from absl import logging
 
 from experiments import fdistill
-from experiments._tables import machine, mean_std, write
+from experiments._tables import machine, mean_std, slug, write
 from fdiv import data as fdata
 from fdiv import metrics
 from fdiv.train import paths, plots
@@ -64,11 +64,6 @@ COLUMNS = [
     ("precision", "precision"),
     ("recall", "recall"),
 ]
-
-
-def slug(label: str) -> str:
-    keep = "".join(ch if ch.isalnum() else "_" for ch in label.lower())
-    return "_".join(part for part in keep.split("_") if part)
 
 
 def run_one(module, overrides, seed, path, stages, steps):

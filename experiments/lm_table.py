@@ -20,7 +20,7 @@ import time
 import numpy as np
 from absl import logging
 
-from experiments._tables import machine, write
+from experiments._tables import machine, slug, write
 from fdiv.train import paths
 
 # DPH-RL as fdiv ran it before following the official code (configs/dphrl_toy.py's docstring).
@@ -164,10 +164,6 @@ def cell(values) -> str:
 def _initial(key: str) -> str:
     split, rest = key.split("/", 1)
     return f"{split}/initial/{rest}"
-
-
-def slug(label: str) -> str:
-    return "".join(c if c.isascii() and c.isalnum() else "_" for c in label.lower()).strip("_")
 
 
 def run_one(family, module, label, overrides, seed, workdir, steps):

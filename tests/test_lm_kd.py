@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -96,3 +98,33 @@ def test_bad_configs_are_rejected_before_compute(data_dir):
 
 def test_committed_config_is_valid():
     lm_kd.validate(get_config())
+
+
+def test_results_table_pairs_each_kd_row_with_the_student_alone(tmp_path, monkeypatch):
+    from experiments import lm_kd_table
+
+    small = tiny(tmp_path)
+    fields = {
+        "files": tuple(small.files), "data_dir": small.data_dir, "vocab_size": 300,
+        "block_length": 12, "prefix_length": 6, "teacher.dim": 16, "teacher.num_heads": 2,
+        "student.dim": 8, "teacher_steps": 3, "num_samples": 0, "train.total_steps": 3,
+        "train.batch_size": 4, "train.log_every": 3, "train.checkpoint_every": 3,
+    }  # fmt: skip
+    out = tmp_path / "table.md"
+    argv = ["lm_kd_table", f"--workdir={tmp_path / 'runs'}", f"--out={out}", "--seeds=0", "--extra_seeds=", "--set"]  # fmt: skip
+    monkeypatch.setattr("sys.argv", argv + [f"{k}={v!r}" for k, v in fields.items()])
+    lm_kd_table.main()
+    text = out.read_text()
+    ppl = {}
+    for label in (lm_kd_table.ALONE[0], lm_kd_table.DEFAULT_KD[0]):
+        for seed in (0,):
+            directory = lm_kd_table.run_dir(str(tmp_path / "runs"), seed, label)
+            with open(f"{directory}/summary.json") as f:
+                ppl[label, seed] = json.load(f)["eval/student/perplexity"]
+    diff = ppl[lm_kd_table.DEFAULT_KD[0], 0] - ppl[lm_kd_table.ALONE[0], 0]
+    row = next(line for line in text.splitlines() if line.startswith(f"| {lm_kd_table.DEFAULT_KD[0]} | 1 | ") and "of 1" in line)  # fmt: skip
+    assert f"| {diff:.4f} ± 0.0000 | {int(diff < 0)} of 1 |" in row
+    assert "| *teacher* | 1 |" in text
+    # a second call reads the finished runs back instead of training them again
+    lm_kd_table.main()
+    assert out.read_text().split("\n", 3)[3] == text.split("\n", 3)[3]
