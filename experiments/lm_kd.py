@@ -12,7 +12,9 @@ where ``D_f`` is any catalog generator at ``temperature`` (``forward_kl``-style 
 ``"reverse_kl"``, ``"js"``, ``"skew_kl"``, ``"tv"``, ``"alpha"``, ...), computed by
 :func:`fdiv.fused.fused_linear_divergence` from the student's hidden states and head (the student's
 ``[N, V]`` logits never exist) against the teacher's hidden states and head (fused as well), or
-against the teacher's top-``teacher_top_k`` log-probabilities (:class:`fdiv.fused.TopKTeacher`).
+against the teacher's top-``teacher_top_k`` log-probabilities (:class:`fdiv.fused.TopKTeacher`;
+in the supervised regime computed once over the training blocks and stored in the teacher's
+workdir, so the student's steps run no teacher at all).
 ``config.regime`` chooses the sequences:
 
 - ``supervised``: off-policy KD on the data, ``y_ce = y_kd =`` the data block;
@@ -152,20 +154,71 @@ def continue_from_prefix(module, params, key, tokens, prefix_length: int):
     return jnp.concatenate([first, rollout.tokens], axis=1), jnp.sum(rollout.log_prob, axis=1)
 
 
-def kd_term(config, student, s_params, teacher, t_params, tokens, where):
-    """``D_f(p_T || q_S)`` averaged over the ``where`` tokens of ``tokens [B, T + 1]``, fused."""
-    h_s, w_s = hidden_and_weight(student, s_params, tokens)
+def teacher_top_k(config, teacher, t_params, tokens) -> fused.TopKTeacher:
+    """The teacher's top-``config.teacher_top_k`` classes and their log-probabilities at
+    ``config.temperature``, ``[B, T, k]``, for the predictions of ``tokens [B, T + 1]``."""
     h_t, w_t = hidden_and_weight(teacher, jax.lax.stop_gradient(t_params), tokens)
-    if config.teacher_top_k:
-        logits_t = jnp.einsum("btd,vd->btv", h_t, w_t).astype(jnp.float32) / config.temperature
-        log_p = jax.nn.log_softmax(logits_t, axis=-1)
-        values, indices = jax.lax.top_k(log_p, config.teacher_top_k)
-        target = fused.TopKTeacher(indices, values)
+    logits_t = jnp.einsum("btd,vd->btv", h_t, w_t).astype(jnp.float32) / config.temperature
+    values, indices = jax.lax.top_k(jax.nn.log_softmax(logits_t, axis=-1), config.teacher_top_k)
+    return fused.TopKTeacher(indices, values)
+
+
+def kd_term(config, student, s_params, teacher, t_params, tokens, where, cached=None):
+    """``D_f(p_T || q_S)`` averaged over the ``where`` tokens of ``tokens [B, T + 1]``, fused;
+    ``cached``: the teacher's top-k for these tokens (:class:`CachedTopK`), no teacher pass."""
+    h_s, w_s = hidden_and_weight(student, s_params, tokens)
+    if cached is not None:
+        target = cached
+    elif config.teacher_top_k:
+        target = teacher_top_k(config, teacher, t_params, tokens)
     else:
-        target = (h_t, w_t)
+        target = hidden_and_weight(teacher, jax.lax.stop_gradient(t_params), tokens)
     return fused.fused_linear_divergence(
         config.divergence, h_s, w_s, target, temperature=config.temperature, where=where
     )
+
+
+class CachedTopK:
+    """Training blocks with the teacher's top-k stored beside them: ``get(indices)`` adds
+    ``top_k_indices`` (int32) and ``top_k_log_probs`` (float32), each ``[n, block_length, k]``,
+    to the blocks' ``tokens``. Memory: ``8 k`` bytes per training token (k = 32: 256 bytes)."""
+
+    def __init__(self, blocks: fdata_text.TokenBlocks, indices: np.ndarray, log_probs: np.ndarray):
+        expected = (len(blocks), blocks.block_length)
+        if indices.shape[:2] != expected or log_probs.shape != indices.shape:
+            raise ValueError(f"top-k cache shapes {indices.shape}, {log_probs.shape} do not fit {expected}")  # fmt: skip
+        self.blocks, self.indices, self.log_probs = blocks, indices, log_probs
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def get(self, indices) -> dict[str, np.ndarray]:
+        indices = np.asarray(indices, np.int64)
+        out = self.blocks.get(indices)
+        out.update(top_k_indices=self.indices[indices], top_k_log_probs=self.log_probs[indices])
+        return out
+
+
+def cache_teacher_top_k(config, teacher, t_params, blocks, directory: str, step: int) -> CachedTopK:  # fmt: skip
+    """The teacher's top-k over every block of ``blocks``, computed once (batches of
+    ``train.eval_batch_size``) and stored in ``directory`` (the teacher's workdir) as
+    ``top_k<k>_temperature<tau>_step<step>.npz``; a later run with the same teacher (the same
+    final ``step``: a teacher trained on reads none of it) reads it back."""
+    name = f"top_k{config.teacher_top_k}_temperature{config.temperature:g}_step{step}.npz"
+    path = os.path.join(directory, name)
+    if os.path.exists(path):
+        with np.load(path) as stored:
+            return CachedTopK(blocks, stored["indices"], stored["log_probs"])
+    fn = jax.jit(lambda params, tokens: teacher_top_k(config, teacher, params, tokens))
+    size = config.train.eval_batch_size
+    parts = [fn(t_params, jnp.asarray(blocks.get(np.arange(i, min(i + size, len(blocks))))["tokens"])) for i in range(0, len(blocks), size)]  # fmt: skip
+    indices = np.concatenate([np.asarray(p.indices, np.int32) for p in parts])
+    log_probs = np.concatenate([np.asarray(p.log_probs, np.float32) for p in parts])
+    if jax.process_index() == 0:
+        tmp = path + ".tmp.npz"
+        np.savez(tmp, indices=indices, log_probs=log_probs)
+        os.replace(tmp, path)
+    return CachedTopK(blocks, indices, log_probs)
 
 
 def student_loss_fn(config, student, teacher):
@@ -182,8 +235,11 @@ def student_loss_fn(config, student, teacher):
             return ce, ({}, {"ce": ce})
         t_params = params["teacher"]
         frozen = jax.lax.stop_gradient(s_params)
+        cached = None
         if config.regime == "supervised":
             y_kd, kd_where, y_ce, ce_where = data, None, data, None
+            if "top_k_indices" in batch:  # computed once for the whole training split
+                cached = fused.TopKTeacher(batch["top_k_indices"], batch["top_k_log_probs"])
         elif config.regime == "on_policy":
             sample_key, mix_key = jax.random.split(key)
             sampled = continue_from_prefix(student, frozen, sample_key, data, P)[0]
@@ -198,7 +254,7 @@ def student_loss_fn(config, student, teacher):
             kd_where = ce_where = jnp.broadcast_to(continuation, (data.shape[0], T))
         nll = token_nll(student, s_params, y_ce)
         ce = jnp.mean(nll) if ce_where is None else jnp.sum(nll * ce_where) / jnp.sum(ce_where)
-        kd = kd_term(config, student, s_params, teacher, t_params, y_kd, kd_where)
+        kd = kd_term(config, student, s_params, teacher, t_params, y_kd, kd_where, cached)
         total = config.ce_weight * ce + config.kd_weight * kd
         return total, ({}, {"ce": ce, "kd": kd})
 
@@ -292,6 +348,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             config_json=t_config.to_json_best_effort(sort_keys=True),
         )
         teacher_params = parallel.to_host(result.state.params["teacher"])
+        if config.teacher_top_k and config.regime == "supervised":
+            # the KD tokens are the fixed training blocks: the teacher's top-k is computed once
+            train_data = cache_teacher_top_k(config, teacher, teacher_params, train_data, teacher_dir, int(result.summary["step"]))  # fmt: skip
 
     names = ("student",) if teacher_params is None else ("student", "teacher")
 

@@ -128,3 +128,39 @@ def test_results_table_pairs_each_kd_row_with_the_student_alone(tmp_path, monkey
     # a second call reads the finished runs back instead of training them again
     lm_kd_table.main()
     assert out.read_text().split("\n", 3)[3] == text.split("\n", 3)[3]
+
+
+def test_top_k_teacher_is_computed_once_over_the_training_blocks(data_dir, tmp_path):
+    """The supervised regime stores the teacher's top-k in the teacher's workdir once: numpy's
+    top-k of the teacher's log-softmax at the temperature, read back by a later run; a cached
+    batch gives the student the same loss as running the teacher."""
+    config = tiny(data_dir, teacher_top_k=5, temperature=2.0)
+    blocks = lm_kd.load(config, "train")
+    teacher, student = lm_kd.model(config, "teacher"), lm_kd.model(config, "student")
+    dummy = jnp.zeros((1, config.block_length), jnp.int32)
+    t_params = teacher.init(jax.random.key(1), lm_kd._context(dummy), dummy)["params"]
+    s_params = student.init(jax.random.key(2), lm_kd._context(dummy), dummy)["params"]
+    cache = lm_kd.cache_teacher_top_k(config, teacher, t_params, blocks, str(tmp_path), step=7)
+    assert cache.indices.shape == (len(blocks), config.block_length, 5)
+    rows = np.array([0, 3, len(blocks) - 1])
+    batch = cache.get(rows)
+    inputs = batch["tokens"][:, :-1]
+    logits = np.asarray(teacher.apply({"params": t_params}, lm_kd._context(inputs), inputs), np.float64)[:, 1:] / 2.0  # fmt: skip
+    log_p = logits - logits.max(-1, keepdims=True)
+    log_p -= np.log(np.exp(log_p).sum(-1, keepdims=True))
+    want = -np.sort(-log_p, axis=-1)[..., :5]
+    np.testing.assert_allclose(batch["top_k_log_probs"], want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.take_along_axis(log_p, batch["top_k_indices"], -1), want, rtol=1e-5, atol=1e-5)  # fmt: skip
+    # the student's loss: cached batch == the teacher run on the same tokens
+    loss = lm_kd.student_loss_fn(config, student, teacher)
+    params = {"student": s_params, "teacher": t_params}
+    cached_loss = loss(params, {}, {k: jnp.asarray(v) for k, v in batch.items()}, jax.random.key(0))[0]  # fmt: skip
+    live_loss = loss(params, {}, {"tokens": jnp.asarray(batch["tokens"])}, jax.random.key(0))[0]
+    np.testing.assert_allclose(cached_loss, live_loss, rtol=1e-5)
+    # a run stores the file beside its teacher and a second run reads it back
+    config.teacher_workdir = str(tmp_path / "teacher")
+    lm_kd.run(config, str(tmp_path / "a"))
+    (path,) = (tmp_path / "teacher").glob("top_k5_temperature2_step3.npz")
+    mtime = path.stat().st_mtime_ns
+    lm_kd.run(config, str(tmp_path / "b"))
+    assert path.stat().st_mtime_ns == mtime
