@@ -34,6 +34,7 @@ EXPERIMENTS = {
     "dkm": "experiments.dkm",
     "lm_analysis": "experiments.lm_analysis",
     "lm_kd": "experiments.lm_kd",
+    "lm_reasoning": "experiments.lm_reasoning",
 }
 
 
