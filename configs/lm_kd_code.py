@@ -31,11 +31,13 @@ def get_config():
     # cores (results/lm_distill.md); fdiv.data.text trains any size (the fused benchmark: 32k).
     c.vocab_size = 4096
     c.block_length = 64
-    c.teacher = {"dim": 128, "num_heads": 4, "num_layers": 2}
-    c.student = {"dim": 64, "num_heads": 2, "num_layers": 1}
+    # The teacher's own rate: at the student's 3e-3 it trained slower than a 1-layer dim-64
+    # student alone (800 steps: train CE 4.28 vs 3.91, test perplexity 107 vs 83; measured).
+    c.teacher = {"dim": 128, "num_heads": 4, "num_layers": 2, "learning_rate": 1e-3}
+    c.student = {"dim": 32, "num_heads": 2, "num_layers": 1}
     c.teacher_steps = 800
     c.teacher_workdir = ""  # "" = <workdir>/teacher
-    c.learning_rate = 3e-3
+    c.learning_rate = 3e-3  # the student's
     c.num_samples = 2  # continuations of a test prompt printed in the log
     c.train = train_config(
         total_steps=800, batch_size=32, eval_batch_size=64, log_every=100, checkpoint_every=400,

@@ -51,7 +51,7 @@ from fdiv.models.transformer import CausalTransformer
 from fdiv.train import Task, TrainConfig, Update, parallel, train
 
 METHODS = ("student", "kd")
-TEACHER_KEYS = ("corpus", "files", "data_dir", "vocab_size", "block_length", "teacher", "learning_rate")  # fmt: skip
+TEACHER_KEYS = ("corpus", "files", "data_dir", "vocab_size", "block_length", "teacher")
 REGIMES = ("supervised", "on_policy", "sequence")
 FIELD_RULES = {
     "vocab_size": _checks.count(2),
@@ -64,6 +64,7 @@ FIELD_RULES = {
     "teacher_top_k": _checks.count(0),
     "teacher_steps": _checks.count(1),
     "learning_rate": _checks.greater(0),
+    "teacher.learning_rate": _checks.greater(0),
     "num_samples": _checks.count(0),
     "teacher.dim": _checks.count(1),
     "teacher.num_heads": _checks.count(1),
@@ -311,8 +312,8 @@ def samples(module, params, prompt, key, tokenizer, length: int) -> str:
     return tokenizer.decode(np.asarray(out[0]).tolist())
 
 
-def _optimizer(config, steps: int) -> optax.GradientTransformation:
-    schedule = optax.cosine_decay_schedule(config.learning_rate, max(steps, 1))
+def _optimizer(learning_rate: float, steps: int) -> optax.GradientTransformation:
+    schedule = optax.cosine_decay_schedule(learning_rate, max(steps, 1))
     return optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=0.0))
 
 
@@ -336,7 +337,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                     {},
                 ),  # fmt: skip
                 updates=[Update("teacher", teacher_loss_fn(teacher), ("teacher",))],
-                optimizers={"teacher": _optimizer(config, config.teacher_steps)},
+                optimizers={
+                    "teacher": _optimizer(config.teacher.learning_rate, config.teacher_steps)
+                },
                 train_data=train_data,
                 eval_data=test_data,
                 valid_data=valid_data,
@@ -363,7 +366,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     task = Task(
         init=init,
         updates=[Update("student", student_loss_fn(config, student, teacher), ("student",))],
-        optimizers={"student": _optimizer(config, config.train.total_steps)},
+        optimizers={"student": _optimizer(config.learning_rate, config.train.total_steps)},
         train_data=train_data,
         eval_data=test_data,
         valid_data=valid_data,

@@ -23,7 +23,7 @@ def tiny(tmp_path, **overrides):
     config.data_dir = str(tmp_path / "data")
     config.vocab_size = 300
     config.block_length, config.prefix_length = 12, 6
-    config.teacher = {"dim": 16, "num_heads": 2, "num_layers": 1}
+    config.teacher = {"dim": 16, "num_heads": 2, "num_layers": 1, "learning_rate": 3e-3}
     config.student = {"dim": 8, "num_heads": 2, "num_layers": 1}
     config.teacher_steps = 3
     config.num_samples = 1

@@ -77,10 +77,12 @@ def prompt_text(p: Problems, i: int, max_steps: int) -> str:
     return body.ljust(prompt_length(max_steps) - 1) + "|"
 
 
-def solution_text(p: Problems, i: int, style: str) -> str:
+def solution_text(p: Problems, i: int, style: str, values: np.ndarray | None = None) -> str:
+    """Problem ``i``'s solution; ``values``: ``p.values()`` when already computed (a loop over
+    many problems passes it, not to recompute every row's chain per row)."""
     if style not in STYLES:
         raise ValueError(f"style={style!r}: must be one of {STYLES}")
-    x = p.values()[i]
+    x = (p.values() if values is None else values)[i]
     parts = []
     for k in range(p.steps[i]):
         op, b = OPS[p.ops[i, k]], p.operands[i, k]
@@ -115,8 +117,9 @@ def encode_rows(p: Problems, style: str, max_steps: int) -> np.ndarray:
     """int32 ``[n, sequence_length(max_steps)]``: prompt, solution in ``style``, end-of-text, padding."""
     length = sequence_length(max_steps)
     rows = np.full((len(p.start), length), PAD, np.int32)
+    values = p.values()
     for i in range(len(p.start)):
-        ids = encode(prompt_text(p, i, max_steps) + solution_text(p, i, style)) + [EOS]
+        ids = encode(prompt_text(p, i, max_steps) + solution_text(p, i, style, values)) + [EOS]
         rows[i, : len(ids)] = ids
     return rows
 
