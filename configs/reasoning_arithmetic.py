@@ -34,6 +34,7 @@ def get_config():
     # selection: all | random | length | divergence | teacher_count; budget: the fraction kept
     c.selection = {"method": "all", "budget": 1.0, "divergence": "kl", "reduce": "mean"}
     c.provenance = {"alpha": 0.05, "beta": 0.1}  # the four-way rule's thresholds (probabilities)
+    c.stages_seed = 0  # seeds the base student, the teacher, its samples (train.seed: the run)
     c.stages_dir = ""  # where the base student, the teacher and its samples live ("": workdir)
     c.train = train_config(
         total_steps=400, batch_size=64, eval_batch_size=200, log_every=100, eval_every=100,

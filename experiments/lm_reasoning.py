@@ -1,7 +1,9 @@
 r"""Reasoning distillation on checkable arithmetic: provenance of the distilled model's steps and
 teacher-guided data selection (:mod:`fdiv.data.reasoning`, :mod:`fdiv.analysis.provenance`).
 
-Stages (each an ordinary resumable trainer run under ``config.stages_dir`` or the workdir):
+Stages (each an ordinary resumable trainer run under ``config.stages_dir`` or the workdir, seeded by
+``config.stages_seed``, so runs of several ``train.seed`` can share one base student, teacher and
+set of teacher samples):
 
 1. ``base_student``: a small causal transformer trained on the problems' solutions in
    ``student_style`` (cross-entropy on the solution tokens);
@@ -60,6 +62,7 @@ FIELD_RULES = {
     "base_steps": _checks.count(1),
     "teacher_steps": _checks.count(1),
     "data_seed": _checks.count(0),
+    "stages_seed": _checks.count(0),
     "selection.budget": _checks.interval(0, 1, "(]"),
     "provenance.alpha": _checks.interval(0, 1),
     "provenance.beta": _checks.interval(0, 1),
@@ -243,7 +246,7 @@ def stage(config, workdir: str, name: str, net: str, style: str, steps: int, eva
     dummy = jnp.zeros((1, data.tokens.shape[1]), jnp.int32)
     s_config = ml_collections.ConfigDict({k: config[k] for k in ("max_steps", "num_train", "train_lengths", "data_seed", "learning_rate", net)})  # fmt: skip
     s_config.style, s_config.train = style, config.train.copy_and_resolve_references()
-    s_config.train.total_steps = steps
+    s_config.train.total_steps, s_config.train.seed = steps, config.stages_seed
     result = train(
         Task(
             init=lambda key: ({net: module.init(key, _context(dummy), dummy)["params"]}, {}),
@@ -255,7 +258,12 @@ def stage(config, workdir: str, name: str, net: str, style: str, steps: int, eva
             summarize=summarize_fn(config, start),
         ),
         TrainConfig.from_mapping(
-            {**config.train.to_dict(), "total_steps": steps, "eval_every": 0}
+            {
+                **config.train.to_dict(),
+                "total_steps": steps,
+                "eval_every": 0,
+                "seed": config.stages_seed,
+            }
         ),  # fmt: skip
         os.path.join(workdir, name),
         config_json=s_config.to_json_best_effort(sort_keys=True),
@@ -333,10 +341,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     start = rz.prompt_length(config.max_steps)
     stages = config.stages_dir or workdir
     valid = prompt_rows(config, problems(config, "valid"))
-    seed = config.train.seed
+    seed = config.train.seed  # the distillation run's (and random selection's)
     base_params, _ = stage(config, stages, "base_student", "student", config.student_style, config.base_steps, valid)  # fmt: skip
     teacher_params, _ = stage(config, stages, "teacher", "teacher", config.teacher_style, config.teacher_steps, valid)  # fmt: skip
-    rows = teacher_samples(config, stages, teacher_params, seed)
+    rows = teacher_samples(config, stages, teacher_params, config.stages_seed)
     chosen = select(config, rows, teacher_params, base_params, seed)
     answers = np.repeat(problems(config, "distill").answers(), config.candidates)
     train_data = Rows(rows[chosen], answers[chosen])
