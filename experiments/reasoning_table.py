@@ -92,8 +92,11 @@ def correlation_lines(runs: list[dict]) -> list[str]:
         for prefix in ("", "novel_"):
             x = [h[f"eval/{prefix}{n}_fraction"] for h in records]
             y = [h[f"eval/{prefix}accuracy"] for h in records]
+            if np.ptp(x) == 0 or np.ptp(y) == 0:
+                cells.append("— (constant)")
+                continue
             rho, p = stats.spearmanr(x, y)
-            cells.append(f"{rho:+.3f} (p = {p:.2g})" if np.isfinite(rho) else "— (constant)")
+            cells.append(f"{rho:+.3f} (p = {p:.2g})")
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
     return lines
 

@@ -4,6 +4,8 @@ hand computations."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -173,3 +175,34 @@ def test_a_tiny_run_reports_accuracy_and_provenance(tmp_path):
 
 def test_committed_config_is_valid():
     lr.validate(get_config())
+
+
+@pytest.mark.slow  # eight tiny trainer runs (~40 s)
+def test_reasoning_table_reports_every_selector_and_budget_with_seed_std(tmp_path, monkeypatch):
+    from experiments import reasoning_table
+
+    small = tiny()
+    fields = {
+        "num_train": small.num_train, "num_distill_prompts": small.num_distill_prompts,
+        "candidates": 2, "num_eval": 8, "student.dim": 8, "student.num_heads": 2,
+        "student.num_layers": 1, "teacher.dim": 16, "teacher.num_heads": 2,
+        "teacher.num_layers": 1, "base_steps": 2, "teacher_steps": 2, "train.total_steps": 2,
+        "train.batch_size": 4, "train.eval_batch_size": 8, "train.eval_every": 1,
+        "train.log_every": 1, "train.checkpoint_every": 2,
+    }  # fmt: skip
+    out = tmp_path / "tables.md"
+    argv = ["reasoning_table", f"--workdir={tmp_path / 'runs'}", f"--out={out}", "--seeds=0,1", "--selectors=random,length", "--budgets=0.5", "--set"]  # fmt: skip
+    monkeypatch.setattr("sys.argv", argv + [f"{k}={v!r}" for k, v in fields.items()])
+    reasoning_table.main()
+    text = out.read_text()
+    for method in ("random", "length"):
+        acc = []
+        for seed in (0, 1):
+            directory = reasoning_table.run_dir(str(tmp_path / "runs"), seed, method, 0.5)
+            with open(f"{directory}/summary.json") as f:
+                acc.append(json.load(f)["eval/accuracy"])
+        row = next(line for line in text.splitlines() if line.startswith(f"| {method} |"))
+        assert f"| {np.mean(acc):.4f} ± {np.std(acc, ddof=1):.4f} / " in row
+    # one shared set of stages for both seeds
+    assert sorted(p.name for p in (tmp_path / "runs" / "stages").iterdir() if p.is_dir()) == ["base_student", "teacher"]  # fmt: skip
+    assert "Spearman" in text and "| teacher |" in text
