@@ -37,7 +37,7 @@ def get_config():
     c.stages_seed = 0  # seeds the base student, the teacher, its samples (train.seed: the run)
     c.stages_dir = ""  # where the base student, the teacher and its samples live ("": workdir)
     c.train = train_config(
-        total_steps=400, batch_size=64, eval_batch_size=200, log_every=100, eval_every=100,
+        total_steps=400, batch_size=64, eval_batch_size=200, log_every=100, eval_every=200,
         checkpoint_every=200, progress=False,
     )  # fmt: skip
     c.distributed = distributed_config()

@@ -245,8 +245,9 @@ def stage(config, workdir: str, name: str, net: str, style: str, steps: int, eva
     data = Rows(rz.encode_rows(p, style, config.max_steps), p.answers())
     dummy = jnp.zeros((1, data.tokens.shape[1]), jnp.int32)
     s_config = ml_collections.ConfigDict({k: config[k] for k in ("max_steps", "num_train", "train_lengths", "data_seed", "learning_rate", net)})  # fmt: skip
-    s_config.style, s_config.train = style, config.train.copy_and_resolve_references()
-    s_config.train.total_steps, s_config.train.seed = steps, config.stages_seed
+    # only what decides the stage: changing the evaluation cadence keeps a trained teacher
+    s_config.style = style
+    s_config.train = {"batch_size": config.train.batch_size, "seed": config.stages_seed, "total_steps": steps}  # fmt: skip
     result = train(
         Task(
             init=lambda key: ({net: module.init(key, _context(dummy), dummy)["params"]}, {}),
