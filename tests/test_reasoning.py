@@ -167,6 +167,13 @@ def test_a_tiny_run_reports_accuracy_and_provenance(tmp_path):
         assert min(fractions) >= 0 and sum(fractions) == pytest.approx(1.0)
     assert (tmp_path / "base_student" / "summary.json").exists()
     assert list(tmp_path.glob("teacher_samples_*.npz"))
+    # a second run sharing the stages reads their stored weights: the stages are not re-opened
+    config.stages_dir = str(tmp_path)
+    stages = [tmp_path / name / "metrics.jsonl" for name in ("base_student", "teacher")]
+    before = [p.stat().st_mtime_ns for p in stages]
+    again = lr.run(config, str(tmp_path / "again"))
+    assert [p.stat().st_mtime_ns for p in stages] == before
+    assert again["eval/accuracy"] == pytest.approx(summary["eval/accuracy"])
     with pytest.raises(ValueError, match="keeps every candidate"):
         lr.validate(tiny(**{"selection.budget": 0.5}))
     with pytest.raises(ValueError, match="novel_lengths"):
