@@ -56,6 +56,8 @@ from fdiv.train import workdir as wd
 SELECTIONS = ("all", "random", "length", "divergence", "teacher_count")
 FIELD_RULES = {
     "max_steps": _checks.count(1),
+    "train_lengths": _checks.count(1),  # each entry; <= max_steps is checked in validate
+    "novel_lengths": _checks.count(1),
     "num_train": _checks.count(1),
     "num_distill_prompts": _checks.count(1),
     "candidates": _checks.count(1),
