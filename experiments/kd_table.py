@@ -48,7 +48,6 @@ from experiments import kd, sweep
 from experiments._tables import machine, mean_std, write
 from fdiv.train import paths
 from fdiv.train import plots as train_plots
-from fdiv.train import workdir as wd
 
 # (label, method, divergence)
 METHODS = [
@@ -133,16 +132,7 @@ def run_one(setting: str, seed: int, method: str, divergence: str, workdir: str,
     return kd_run._replace(summary=with_teacher(config, kd_run.summary))
 
 
-def finished_summary(config, directory: str) -> dict | None:
-    """The summary of a finished run in ``directory`` that holds exactly ``config`` (the trainer's
-    own config check), read without re-opening it; ``None`` for anything else."""
-    try:
-        if wd.check_config(directory, json.loads(config.to_json_best_effort(sort_keys=True))):
-            return None  # a longer run was asked for
-        summary = json.loads(paths.read_text(os.path.join(directory, "summary.json")))
-    except (FileNotFoundError, wd.ConfigMismatchError):
-        return None
-    return summary if summary.get("step") == config.train.total_steps else None
+finished_summary = sweep.finished_summary  # a finished run's summary, not re-opened
 
 
 def summary_of(setting, seed, method, divergence, workdir, overrides) -> dict:

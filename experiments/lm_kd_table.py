@@ -26,7 +26,6 @@ from absl import logging
 from experiments import lm_kd, sweep
 from experiments._tables import machine, mean_std, slug, write
 from fdiv.train import paths
-from fdiv.train import workdir as wd
 
 CONFIG = "configs/lm_kd_code.py"
 # (label, overrides); the first is the reference every KD row is paired with.
@@ -55,24 +54,13 @@ def config_for(overrides: dict, seed: int, workdir: str, fixed: dict):
     return config
 
 
-def finished(config, directory: str) -> dict | None:
-    """A finished run's summary if ``directory`` holds exactly ``config``; else ``None``."""
-    try:
-        if wd.check_config(directory, json.loads(config.to_json_best_effort(sort_keys=True))):
-            return None
-        summary = json.loads(paths.read_text(os.path.join(directory, "summary.json")))
-    except (FileNotFoundError, wd.ConfigMismatchError):
-        return None
-    return summary if summary.get("step") == config.train.total_steps else None
-
-
 def summary_of(label: str, overrides: dict, seed: int, workdir: str, fixed: dict) -> dict:
     """One job (module level: a spawned worker calls it): the run's numeric summary, with its
     teacher's as ``teacher:<key>`` for a KD run."""
     logging.set_verbosity(logging.WARNING)
     config = config_for(overrides, seed, workdir, fixed)
     directory = run_dir(workdir, seed, label)
-    summary = finished(config, directory)
+    summary = sweep.finished_summary(config, directory)
     if summary is None:
         summary = sweep.wait_for_workdir(lambda: lm_kd.run(config, directory), directory)
     out = sweep.numbers(summary)

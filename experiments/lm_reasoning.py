@@ -292,14 +292,12 @@ STAGE_PARAMS = "final_params.msgpack"  # a finished stage's weights, read by the
 def _finished_stage(directory: str, config_json: str, steps: int, template):
     """``(params, summary)`` of a stage finished in ``directory`` with exactly ``config_json``,
     read without re-opening the run; ``None`` otherwise."""
-    try:
-        if wd.check_config(directory, json.loads(config_json)):
-            return None
-        summary = json.loads(paths.read_text(os.path.join(directory, "summary.json")))
-        blob = paths.read_bytes(os.path.join(directory, STAGE_PARAMS))
-    except (FileNotFoundError, wd.ConfigMismatchError):
+    summary = wd.finished_summary(directory, json.loads(config_json), steps)
+    if summary is None:
         return None
-    if summary.get("step") != steps:
+    try:
+        blob = paths.read_bytes(os.path.join(directory, STAGE_PARAMS))
+    except FileNotFoundError:  # finished by a version that did not store them: re-open it
         return None
     return flax.serialization.from_bytes(template, blob), summary
 

@@ -23,7 +23,6 @@ from scipy import stats
 from experiments import lm_reasoning, sweep
 from experiments._tables import machine, mean_std, slug, write
 from fdiv.train import paths
-from fdiv.train import workdir as wd
 
 CONFIG = "configs/reasoning_arithmetic.py"
 SELECTORS = ("random", "length", "divergence", "teacher_count")
@@ -43,13 +42,8 @@ def summary_of(method: str, budget: float, seed: int, workdir: str, fixed: dict)
     config = sweep.run_config(CONFIG, fixed, setting, seed, workdir)
     config.stages_dir = os.path.join(workdir, "stages")
     directory = run_dir(workdir, seed, method, budget)
-    summary = None
-    try:
-        if not wd.check_config(directory, json.loads(config.to_json_best_effort(sort_keys=True))):
-            summary = json.loads(paths.read_text(os.path.join(directory, "summary.json")))
-    except (FileNotFoundError, wd.ConfigMismatchError):
-        summary = None
-    if summary is None or summary.get("step") != config.train.total_steps:
+    summary = sweep.finished_summary(config, directory)
+    if summary is None:
         summary = sweep.wait_for_workdir(lambda: lm_reasoning.run(config, directory), directory)
     out = sweep.numbers(summary)
     for stage in ("base_student", "teacher"):

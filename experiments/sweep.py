@@ -176,6 +176,15 @@ def numbers(summary: Mapping[str, Any]) -> dict[str, float]:
     return {k: v for k, v in summary.items() if isinstance(v, int | float) and not isinstance(v, bool)}  # fmt: skip
 
 
+def finished_summary(config, directory: str) -> dict | None:
+    """The summary of a run of ``config`` (a ConfigDict) finished in ``directory``, read without
+    re-opening it (re-assembling a table must not re-evaluate every run); else ``None``."""
+    from fdiv.train import workdir as wd
+
+    record = json.loads(config.to_json_best_effort(sort_keys=True))
+    return wd.finished_summary(directory, record, config.train.total_steps)
+
+
 def run_one(base_path: str, fixed, setting, seed: int, workdir: str, run_dir: str) -> dict:
     """One run in this process (also the worker entry point): the experiment's summary."""
     from absl import logging

@@ -82,6 +82,19 @@ def _exempt(path: str) -> bool:
     return any(path == e or path.startswith(e + ".") for e in EXEMPT)
 
 
+def finished_summary(workdir: str, config: Mapping[str, Any], total_steps: int) -> dict[str, Any] | None:  # fmt: skip
+    """The summary of a run finished at ``total_steps`` in ``workdir`` whose recorded config is
+    exactly ``config`` (a JSON-like tree), read without re-opening the run; ``None`` for anything
+    else (no run, another config, a longer run asked for, an unfinished run)."""
+    try:
+        if check_config(workdir, config):
+            return None
+        summary = json.loads(paths.read_text(os.path.join(workdir, "summary.json")))
+    except (FileNotFoundError, ConfigMismatchError):
+        return None
+    return summary if summary.get("step") == total_steps else None
+
+
 def check_config(workdir: str, config: Mapping[str, Any]) -> dict[str, Any] | None:
     """Compare ``config`` (a JSON-like tree) with ``workdir/config.json``, if there is one.
 
