@@ -214,10 +214,20 @@ def summarize_fn(config, start: int):
     return summarize
 
 
+def sentence_log_probs(config, rows, start: int, scorers: Mapping[str, tuple]):
+    """Each decoded sentence's log-probability (geometric mean of its tokens' probabilities) under
+    each ``(module, params)`` of ``scorers``: ``{name: [B * M]}`` with ``M = max_steps +
+    MAX_SENTENCES_EXTRA`` slots per row (NaN for an empty slot), and the row of each slot ``[B * M]``."""
+    b, m = rows.shape[0], config.max_steps + MAX_SENTENCES_EXTRA
+    ids = rz.sentence_ids(rows, start, m)
+    ids = jnp.where(ids >= 0, jnp.arange(b)[:, None] * m + ids, -1)  # one slot per (row, sentence)
+    logps = {k: prov.action_log_probs(token_log_probs(module, params, rows), ids, b * m) for k, (module, params) in scorers.items()}  # fmt: skip
+    return logps, jnp.repeat(jnp.arange(b), m)
+
+
 def predict_fn(config, modules: Mapping[str, CausalTransformer], name: str, start: int):
     """Greedy decoding by ``modules[name]``; with ``"teacher"`` and ``"base"`` present as well,
     each decoded sentence's four-way provenance counts per row (``counts [B, 4]``)."""
-    max_sentences = config.max_steps + MAX_SENTENCES_EXTRA
     p = config.provenance
 
     def predict(params, model_state, batch):
@@ -225,18 +235,10 @@ def predict_fn(config, modules: Mapping[str, CausalTransformer], name: str, star
         rows = decode(modules[name], params[name], batch["tokens"], start)
         out = {"generated": rows, "answer": batch["answer"]}
         if set(modules) >= {"teacher", "base", "student"}:
-            b = rows.shape[0]
-            ids = rz.sentence_ids(rows, start, max_sentences)
-            ids = jnp.where(ids >= 0, jnp.arange(b)[:, None] * max_sentences + ids, -1)
-            action = {
-                k: prov.action_log_probs(
-                    token_log_probs(modules[k], params[k], rows), ids, b * max_sentences
-                )  # fmt: skip
-                for k in ("teacher", "base", "student")
-            }
+            scorers = {k: (modules[k], params[k]) for k in ("teacher", "base", "student")}
+            action, rows_of = sentence_log_probs(config, rows, start, scorers)
             cats = prov.classify_actions(action["teacher"], action["base"], action["student"], alpha=p.alpha, beta=p.beta)  # fmt: skip
-            rows_of = jnp.repeat(jnp.arange(b), max_sentences)
-            out["counts"] = prov.provenance_summary(cats, rows_of, b).counts
+            out["counts"] = prov.provenance_summary(cats, rows_of, rows.shape[0]).counts
         return out
 
     return predict
@@ -335,22 +337,17 @@ def selection_scores(config, rows, teacher_params, base_params) -> np.ndarray:
     teacher, base = model(config, "teacher"), model(config, "student")
     out = []
     for i in range(0, len(rows), 512):
-        chunk = jnp.asarray(rows[i : i + 512])
+        chunk, chunk_mask = jnp.asarray(rows[i : i + 512]), mask[i : i + 512]
         if method == "divergence":
             lt = teacher.apply({"params": teacher_params}, _context(chunk), chunk)[:, :-1]
             ls = base.apply({"params": base_params}, _context(chunk), chunk)[:, :-1]
-            per_token = prov.selection_scores(lt, ls, divergence=s.divergence, mask=jnp.asarray(mask[i : i + 512]), reduce="token")  # fmt: skip
-            per_token = jnp.where(jnp.asarray(mask[i : i + 512]), per_token, 0.0)
-            total = jnp.sum(per_token, axis=-1)
-            out.append(np.asarray(total / np.maximum(mask[i : i + 512].sum(-1), 1) if s.reduce == "mean" else total))  # fmt: skip
+            mean = np.asarray(prov.selection_scores(lt, ls, divergence=s.divergence, mask=jnp.asarray(chunk_mask)))  # fmt: skip
+            out.append(mean if s.reduce == "mean" else mean * chunk_mask.sum(-1))
         else:  # teacher_count: sentences the teacher favours over the base student (three-way)
-            b, m = chunk.shape[0], config.max_steps + MAX_SENTENCES_EXTRA
-            ids = rz.sentence_ids(chunk, start, m)
-            ids = jnp.where(ids >= 0, jnp.arange(b)[:, None] * m + ids, -1)
-            at = prov.action_log_probs(token_log_probs(teacher, teacher_params, chunk), ids, b * m)
-            ab = prov.action_log_probs(token_log_probs(base, base_params, chunk), ids, b * m)
-            cats = prov.classify_actions(at, ab, rule="three_way", beta=config.provenance.beta)
-            counts = prov.provenance_summary(cats, jnp.repeat(jnp.arange(b), m), b, num_categories=3).counts  # fmt: skip
+            scorers = {"teacher": (teacher, teacher_params), "base": (base, base_params)}
+            action, rows_of = sentence_log_probs(config, chunk, start, scorers)
+            cats = prov.classify_actions(action["teacher"], action["base"], rule="three_way", beta=config.provenance.beta)  # fmt: skip
+            counts = prov.provenance_summary(cats, rows_of, chunk.shape[0], num_categories=3).counts  # fmt: skip
             out.append(np.asarray(counts[:, prov.TEACHER], np.float64))
     return np.concatenate(out)
 
