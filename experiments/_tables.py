@@ -1,7 +1,9 @@
-"""Small helpers shared by the results scripts (mean ± std cells, the header of a results file)."""
+"""Small helpers shared by the results scripts (mean ± std cells, the header of a results file,
+committed per-run records)."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 
@@ -14,6 +16,11 @@ def mean_std(values) -> str:
     values = np.asarray(values, float)
     std = values.std(ddof=1) if len(values) > 1 else 0.0
     return f"{values.mean():.4f} ± {std:.4f}"
+
+
+def numbers(summary) -> dict[str, float]:
+    """The numeric entries of a run summary (what tables and sweeps compare)."""
+    return {k: v for k, v in summary.items() if isinstance(v, int | float) and not isinstance(v, bool)}  # fmt: skip
 
 
 def slug(label: str) -> str:
@@ -31,3 +38,52 @@ def write(path: str, text: str) -> None:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)
+
+
+class RunRecords:
+    """Committed per-run results, so that a table too long for one sitting is run in parts (across
+    sessions and machines) and re-assembled on a clean clone without rerunning anything.
+
+    One JSON file per run, ``<root>/<name>.json``: the run's config (flattened, without the fields
+    that cannot change what it computes, :data:`fdiv.train.workdir.EXEMPT`, nor ``ignore``: paths),
+    its numeric summary and the machine it ran on; optionally arrays beside it (``<name>.npz``). A
+    record is used only for exactly the same config; anything else is rerun and the record replaced.
+    """
+
+    def __init__(self, root: str, ignore: tuple[str, ...] = ("stages_dir",)):
+        self.root, self.ignore = root, ignore
+
+    def key(self, config) -> dict:
+        """``config`` (a ConfigDict) as the record compares it: flattened, exempt fields dropped."""
+        from fdiv.train import workdir as wd
+
+        flat = wd.flatten(json.loads(config.to_json_best_effort(sort_keys=True)))
+        skip = tuple(wd.EXEMPT) + self.ignore
+        return {k: v for k, v in sorted(flat.items()) if not any(k == s or k.startswith(s + ".") for s in skip)}  # fmt: skip
+
+    def get(self, name: str, config) -> dict | None:
+        """The stored record of ``name`` (``summary``, ``machine``; ``arrays`` if stored) for this
+        exact config, else ``None``."""
+        path = os.path.join(self.root, name + ".json")
+        if not os.path.exists(path):
+            return None
+        with open(path, encoding="utf-8") as f:
+            record = json.load(f)
+        if record["config"] != json.loads(json.dumps(self.key(config))):
+            return None
+        arrays = path[: -len(".json")] + ".npz"
+        if os.path.exists(arrays):
+            with np.load(arrays) as z:
+                record["arrays"] = {k: z[k] for k in z.files}
+        return record
+
+    def put(self, name: str, config, summary: dict, arrays: dict | None = None) -> None:
+        """Store ``summary``'s numbers (and ``arrays``, compressed) for ``name`` under ``config``."""
+        path = os.path.join(self.root, name + ".json")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        record = {"config": self.key(config), "summary": numbers(summary), "machine": machine()}
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(record, f, indent=1, sort_keys=True)
+            f.write("\n")
+        if arrays:
+            np.savez_compressed(path[: -len(".json")] + ".npz", **arrays)

@@ -3,8 +3,11 @@
     python -m experiments.diffusion_table --workdir=runs/diffusion_table --out=results/diffusion.md
 
 Every run is an ordinary trainer run of ``configs/fdistill_mog.py`` / ``configs/sim_mog.py`` /
-``configs/fdistill_digits.py`` (an interrupted table resumes; finished runs are re-opened, not
-retrained). The runs of one seed share that seed's teacher (``<workdir>/seed<s>/stages``). The
+``configs/fdistill_digits.py`` (an interrupted table resumes). Each finished run leaves a committed
+record (``--records``, :class:`experiments._tables.RunRecords`: its config, numeric summary and
+machine; seed 0's samples for the figure), so the table, hours of CPU, can be run in parts
+(``--only=seed1`` runs just those records' runs, ``--workers=2`` two at a time) and re-assembled
+from a clean clone without training. The runs of one seed share that seed's teacher (``<workdir>/seed<s>/stages``). The
 ablation table switches off one piece of the official update at a time for ``ABLATION_F``; the
 figure shows seed 0's 5,000 evaluation samples of every method over the true density's contours.
 """
@@ -21,8 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from experiments import fdistill
-from experiments._tables import machine, mean_std, slug, write
+from experiments import fdistill, sweep
+from experiments._tables import RunRecords, machine, mean_std, slug, write
 from fdiv import data as fdata
 from fdiv import metrics
 from fdiv.train import paths, plots
@@ -66,7 +69,7 @@ COLUMNS = [
 ]
 
 
-def run_one(module, overrides, seed, path, stages, steps):
+def make_config(module, overrides, seed, stages, steps):
     config = importlib.import_module(module).get_config()
     config.update(overrides)
     config.train.seed = seed
@@ -74,18 +77,38 @@ def run_one(module, overrides, seed, path, stages, steps):
     config.stages_dir = stages
     if steps:
         config.train.total_steps = steps
-    summary = fdistill.run(config, path)
-    if config.dataset != "mog":
-        return summary, None, None
-    # Light modes: the three smallest mixture weights, covered if they hold >= 20% of their share.
-    mix = fdistill._mixture(config)
-    samples = np.load(io.BytesIO(paths.read_bytes(os.path.join(path, "samples.npy"))))
-    stats = metrics.mode_statistics(samples, mix.means, mix.weights, std=float(np.max(mix.std)))
-    weights = np.asarray(mix.weights)
-    light = np.argsort(weights)[:3]
-    expected = 0.2 * weights[light] * len(samples)
-    summary["eval/light_modes_covered"] = float(np.sum(np.asarray(stats.counts)[light] >= expected))
-    return summary, samples, mix
+    return config
+
+
+def run_one(module, overrides, seed, path, stages, steps, records, name, keep_samples=False):
+    """One table run: its committed record (``records/<name>``) if there is one for this exact
+    config; else the run finished in ``path`` (read back) or trained there, then recorded.
+    Returns ``(summary, samples)``: the mixture's 5,000 evaluation samples (float16, for the
+    figure) when ``keep_samples``, else ``None``."""
+    logging.set_verbosity(logging.WARNING)
+    config = make_config(module, overrides, seed, stages, steps)
+    store = RunRecords(records)
+    record = store.get(name, config)
+    if record is not None and (not keep_samples or "arrays" in record):
+        return record["summary"], record.get("arrays", {}).get("samples")
+    summary = sweep.finished_summary(config, path)
+    if summary is None:
+        summary = sweep.wait_for_workdir(lambda: fdistill.run(config, path), path)
+    samples = None
+    if config.dataset == "mog":
+        # Light modes: the three smallest mixture weights, covered if they hold >= 20% of their share.
+        mix = fdistill._mixture(config)
+        samples = np.load(io.BytesIO(paths.read_bytes(os.path.join(path, "samples.npy"))))
+        stats = metrics.mode_statistics(samples, mix.means, mix.weights, std=float(np.max(mix.std)))
+        weights = np.asarray(mix.weights)
+        light = np.argsort(weights)[:3]
+        expected = 0.2 * weights[light] * len(samples)
+        summary["eval/light_modes_covered"] = float(
+            np.sum(np.asarray(stats.counts)[light] >= expected)
+        )
+        samples = samples.astype(np.float16) if keep_samples else None
+    store.put(name, config, summary, {"samples": samples} if samples is not None else None)
+    return sweep.numbers(summary), samples
 
 
 def table(rows, seeds, results, teacher_row=True) -> list[str]:
@@ -108,13 +131,47 @@ def table(rows, seeds, results, teacher_row=True) -> list[str]:
     return lines
 
 
+def jobs_of(args, seeds, ablation_seeds, parts) -> list[tuple]:
+    """Every run of the requested parts as ``(key, run_one's arguments)``; the methods' runs
+    ordered seed-innermost, so that parallel workers train different seeds' teachers at once."""
+
+    def job(key, module, overrides, seed, where, name, keep=False):
+        stages = os.path.join(args.workdir, where, "stages")
+        path = os.path.join(args.workdir, where, name)
+        steps = args.steps if where != "digits" else 0
+        return key, (module, overrides, seed, path, stages, steps, args.records, f"{where}/{name}", keep)  # fmt: skip
+
+    jobs = []
+    if "methods" in parts:
+        for label, module, overrides in METHODS:
+            for seed in seeds:
+                jobs.append(job((label, seed), module, overrides, seed, f"seed{seed}", slug(label), seed == seeds[0]))  # fmt: skip
+    if "ablations" in parts:
+        official = next(label for label, _, o in METHODS if o.get("divergence") == ABLATION_F)
+        for label, overrides in ABLATIONS:
+            for seed in ablation_seeds:
+                # the official row is the main table's run of that f
+                name = slug(official) if not overrides else "ablation_" + slug(label)
+                jobs.append(job((label, seed), "configs.fdistill_mog", {"divergence": ABLATION_F, **overrides}, seed, f"seed{seed}", name))  # fmt: skip
+    if "digits" in parts:
+        for label, overrides in DIGITS:
+            jobs.append(job((label, "digits"), "configs.fdistill_digits", overrides, seeds[0], "digits", slug(label)))  # fmt: skip
+    unique = {}
+    for key, arguments in jobs:  # the official ablation row and the JS row are one run
+        unique.setdefault(arguments[7], (key, arguments))
+    return jobs, list(unique.values())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="runs/diffusion_table")
     parser.add_argument("--out", default="results/diffusion.md")
+    parser.add_argument("--records", default="results/diffusion_runs", help="committed per-run records (see _tables.RunRecords)")  # fmt: skip
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--ablation_seeds", default="0")
     parser.add_argument("--parts", default="methods,ablations,digits")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--only", default="", help="run (or read back) only the records whose name contains this; write no table")  # fmt: skip
     parser.add_argument(
         "--steps", type=int, default=0, help="override total_steps (0: the configs')"
     )
@@ -123,39 +180,42 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     ablation_seeds = [int(s) for s in args.ablation_seeds.split(",")]
     parts = args.parts.split(",")
-
-    def stages(seed):
-        return os.path.join(args.workdir, f"seed{seed}", "stages")
-
+    jobs, unique = jobs_of(args, seeds, ablation_seeds, parts)
+    if args.only:
+        unique = [(k, a) for k, a in unique if args.only in a[7]]
+    by_name = {}
     start = time.time()
-    results, panels, mix = {}, {}, None
+
+    def done(i, job, result, seconds):
+        by_name[job[7]] = result
+        print(f"[{i}/{len(unique)}] {job[7]} ({seconds:.0f} s)", flush=True)
+
+    sweep.run_jobs(run_one, [a for _, a in unique], args.workers, done)
+    if args.only:
+        return
+    results = {key: by_name[a[7]][0] for key, a in jobs}
+    panels = {key[0]: by_name[a[7]][1] for key, a in jobs if a[8]}
+    run_seconds = sum(by_name[a[7]][0].get("wall_seconds", 0.0) for _, a in unique)
     sections = []
     if "methods" in parts:
-        for label, module, overrides in METHODS:
-            for seed in seeds:
-                path = os.path.join(args.workdir, f"seed{seed}", slug(label))
-                summary, samples, mix = run_one(
-                    module, overrides, seed, path, stages(seed), args.steps
-                )
-                results[(label, seed)] = summary
-                if seed == seeds[0]:
-                    panels[label] = samples
+        mix = fdistill._mixture(make_config("configs.fdistill_mog", {}, seeds[0], "", 0))
         figure = os.path.splitext(args.out)[0] + "_samples.png"
         plots.scatter_grid(
-            panels,
+            {k: np.asarray(v, np.float32) for k, v in panels.items()},
             figure,
             density_fn=lambda x: np.asarray(fdata.mixture_log_prob(mix, jnp.asarray(x))),
             extent=fdistill.plot_extent(mix),
             ncols=4,
         )
         weights = ", ".join(f"{w:.3f}" for w in np.asarray(mix.weights))
+        steps = results[(METHODS[0][0], seeds[0])]["step"]
         sections += [
             "## Every method, the official update",
             "",
             f"Mixture weights {weights} (std 0.25, radius 4). Teacher: an EDM `ScoreMLP` denoiser "
             "(3 × 256) fitted to 20,000 samples, one per seed; the generator and the fake score "
-            "start as copies of it. 3,000 generator updates (f-distill: 4 critic updates each; "
-            "SIM: 1). Metrics "
+            f"start as copies of it. {steps:,.0f} generator updates (f-distill: 4 critic updates "
+            "each; SIM: 1). Metrics "
             "against 5,000 true samples, mean ± sample std over seeds "
             f"{', '.join(map(str, seeds))}: a mode is covered when it holds ≥ 20% of its expected "
             "count within 3 std; high quality = fraction of samples within 3 std of a mode; MMD² "
@@ -170,16 +230,6 @@ def main() -> None:
             "",
         ]
     if "ablations" in parts:
-        for label, overrides in ABLATIONS:
-            for seed in ablation_seeds:
-                path = os.path.join(args.workdir, f"seed{seed}", "ablation_" + slug(label))
-                if not overrides:  # the official row is the main table's run of that f
-                    path = os.path.join(args.workdir, f"seed{seed}", ABLATION_F)
-                summary, _, _ = run_one(
-                    "configs.fdistill_mog", {"divergence": ABLATION_F, **overrides}, seed, path,
-                    stages(seed), args.steps,
-                )  # fmt: skip
-                results[(label, seed)] = summary
         sections += [
             f"## Ablations ({ABLATION_F.upper()}): each piece of the official update off alone",
             "",
@@ -194,13 +244,8 @@ def main() -> None:
             "(≥ 2%) | class histogram (0–9) |",
             "|---|---|---|---|---|---|",
         ]
-        seed = seeds[0]
-        for label, overrides in DIGITS:
-            path = os.path.join(args.workdir, "digits", slug(label))
-            summary, _, _ = run_one(
-                "configs.fdistill_digits", overrides, seed, path,
-                os.path.join(args.workdir, "digits", "stages"), 0,
-            )  # fmt: skip
+        for label, _ in DIGITS:
+            summary = results[(label, "digits")]
             histogram = " ".join(f"{summary[f'eval/class_{k}']:.2f}" for k in range(10))
             lines.append(
                 f"| {label} | {summary['eval/frechet']:.2f} | {summary['eval/teacher_frechet']:.2f}"
@@ -208,7 +253,7 @@ def main() -> None:
                 f"| {histogram} |"
             )
         sections += [
-            "## Digits (8 × 8, `configs/fdistill_digits.py`, seed " + str(seed) + ")",
+            "## Digits (8 × 8, `configs/fdistill_digits.py`, seed " + str(seeds[0]) + ")",
             "",
             "Fréchet distance in the hidden layer of an MLP classifier against the 360 test "
             "images; the class histogram is that classifier's prediction on 1,000 generated "
@@ -220,7 +265,8 @@ def main() -> None:
     minutes = (time.time() - start) / 60
     command = (
         f"python -m experiments.diffusion_table --workdir={args.workdir} --out={args.out} "
-        f"--seeds={args.seeds} --ablation_seeds={args.ablation_seeds} --parts={args.parts}"
+        f"--records={args.records} --seeds={args.seeds} --ablation_seeds={args.ablation_seeds} "
+        f"--parts={args.parts}"
     )
     if args.steps:
         command += f" --steps={args.steps}"
@@ -228,8 +274,10 @@ def main() -> None:
         [
             "# One-step diffusion distillation: the official updates on a 2-D mixture and digits",
             "",
-            f"Produced by `{command}` ({minutes:.1f} min on {machine()}; finished runs in the "
-            "workdir are re-opened, not retrained). The update is NVlabs FastGen's f-distill "
+            f"Produced by `{command}` ({minutes:.1f} min to assemble on {machine()}; the runs "
+            f"themselves took {run_seconds / 60:.0f} min of training, summed over runs; each "
+            f"run's record, with the machine it ran on, is in `{args.records}/`: recorded runs "
+            "are read back, not retrained). The update is NVlabs FastGen's f-distill "
             "(x0-space, per-sample `mean|x − x̂_teacher|` normaliser, GAN term 1e-3, generator and "
             "fake score initialised from the teacher) and SiD's weighting for SIM; the parity "
             "table is in `experiments/README.md`.",

@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments._tables import mean_std
+from experiments._tables import mean_std, numbers
 
 BUSY_WAIT_SECONDS = 2.0
 
@@ -169,11 +169,6 @@ def wait_for_workdir(fn, run_dir: str):
                 print(f"{run_dir}: waiting ({e})", flush=True)
                 said = True
             time.sleep(BUSY_WAIT_SECONDS)
-
-
-def numbers(summary: Mapping[str, Any]) -> dict[str, float]:
-    """The numeric entries of a run summary (what a sweep compares)."""
-    return {k: v for k, v in summary.items() if isinstance(v, int | float) and not isinstance(v, bool)}  # fmt: skip
 
 
 def finished_summary(config, directory: str) -> dict | None:

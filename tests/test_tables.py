@@ -1,0 +1,103 @@
+"""The results scripts' shared helpers: cells, slugs, and committed per-run records (a long table
+run in parts and re-assembled from its records without training)."""
+
+import argparse
+import sys
+
+import numpy as np
+
+from experiments import _tables, diffusion_table, fdistill, sweep
+
+
+def test_mean_std_is_numpys_sample_std():
+    values = [0.25, 0.5, 1.0]
+    assert _tables.mean_std(values) == f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}"
+    assert _tables.mean_std([3.0]) == "3.0000 ± 0.0000"
+
+
+def test_slug():
+    assert _tables.slug("alpha (α = 1.5)") == "alpha_1_5"
+    assert _tables.slug("reverse KL (DMD2)") == "reverse_kl_dmd2"
+
+
+def _config(**overrides):
+    return diffusion_table.make_config("configs.fdistill_mog", overrides, 0, "/somewhere/stages", 0)
+
+
+def test_run_records_round_trip(tmp_path):
+    store = _tables.RunRecords(str(tmp_path))
+    config = _config(divergence="js")
+    samples = np.arange(10, dtype=np.float16).reshape(5, 2)
+    store.put("seed0/js", config, {"eval/energy": 0.5, "step": 3, "note": "text", "ok": True}, {"samples": samples})  # fmt: skip
+    record = store.get("seed0/js", config)
+    assert record["summary"] == {"eval/energy": 0.5, "step": 3}  # numbers only, no booleans
+    np.testing.assert_array_equal(record["arrays"]["samples"], samples)
+    # Paths and fields that cannot change a result do not matter ...
+    moved = _config(divergence="js")
+    moved.stages_dir = "/elsewhere"
+    moved.train.log_every = 7
+    assert store.get("seed0/js", moved) is not None
+    # ... anything else does: another config is not this record.
+    assert store.get("seed0/js", _config(divergence="kl")) is None
+    longer = _config(divergence="js")
+    longer.train.total_steps += 1
+    assert store.get("seed0/js", longer) is None
+    assert store.get("seed1/js", config) is None
+
+
+def _fake_summary(i: int, digits: bool) -> dict:
+    summary = {"step": 3000.0, "wall_seconds": 60.0}
+    for key, _ in diffusion_table.COLUMNS:
+        summary[f"eval/{key}"] = 0.01 * i
+        summary[f"eval/teacher_{key}"] = 0.5
+    if digits:
+        summary.update({"eval/frechet": 2.0 + i, "eval/teacher_frechet": 2.0, "eval/data_frechet": 1.5, "eval/classes_present": 10.0})  # fmt: skip
+        summary.update({f"eval/class_{k}": 0.1 for k in range(10)})
+    return summary
+
+
+def test_diffusion_table_assembles_from_records_without_training(tmp_path, monkeypatch):
+    records, out = str(tmp_path / "records"), str(tmp_path / "diffusion.md")
+    args = argparse.Namespace(workdir=str(tmp_path / "runs"), records=records, steps=0)
+    jobs, unique = diffusion_table.jobs_of(args, [0, 1], [0], ["methods", "ablations", "digits"])
+    # the official ablation row is the JS run of the main table, not a second run
+    assert len(unique) == len(jobs) - 1
+    store = _tables.RunRecords(records)
+    for i, (_, a) in enumerate(unique):
+        module, overrides, seed, _, stages, steps, _, name, keep = a
+        config = diffusion_table.make_config(module, overrides, seed, stages, steps)
+        arrays = {"samples": np.zeros((20, 2), np.float16)} if keep else None
+        store.put(name, config, _fake_summary(i, "digits" in name), arrays)
+
+    def no_training(*_, **__):
+        raise AssertionError("a recorded run was retrained or re-opened")
+
+    monkeypatch.setattr(fdistill, "run", no_training)
+    monkeypatch.setattr(sweep, "finished_summary", no_training)
+    argv = ["diffusion_table", f"--workdir={args.workdir}", f"--records={records}", f"--out={out}", "--seeds=0,1"]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    diffusion_table.main()
+    text = open(out, encoding="utf-8").read()
+    assert (tmp_path / "diffusion_samples.png").stat().st_size > 0
+    names = [a[7] for _, a in unique]
+    js_seed0 = names.index("seed0/js")
+    js_seed1 = names.index("seed1/js")
+    # the JS row: mean over the two seeds of what the records hold
+    js_energy = np.mean([0.01 * js_seed0, 0.01 * js_seed1])
+    js_row = next(line for line in text.splitlines() if line.startswith("| JS |"))
+    assert f"{js_energy:.4f} ±" in js_row
+    official = next(line for line in text.splitlines() if line.startswith("| official"))
+    assert f"| {0.01 * js_seed0:.4f} ± 0.0000 |" in official
+    assert f"took {len(unique)} min of training" in text  # 60 s per recorded run
+    assert "3,000 generator updates" in text
+    digits = [line for line in text.splitlines() if line.startswith("| forward KL | ")][-1]
+    assert f"{2.0 + names.index('digits/forward_kl'):.2f}" in digits
+
+
+def test_run_records_refuse_nothing_silently(tmp_path):
+    """A record of another config is replaced by the rerun, never mixed in."""
+    store = _tables.RunRecords(str(tmp_path))
+    store.put("r", _config(divergence="js"), {"x": 1.0})
+    store.put("r", _config(divergence="kl"), {"x": 2.0})
+    assert store.get("r", _config(divergence="js")) is None
+    assert store.get("r", _config(divergence="kl"))["summary"] == {"x": 2.0}
