@@ -27,8 +27,8 @@ from absl import logging
 from experiments import fdistill, sweep
 from experiments._tables import RunRecords, machine, mean_std, slug, write
 from fdiv import data as fdata
-from fdiv import metrics
-from fdiv.train import paths, plots
+from fdiv import metrics, plots
+from fdiv.train import paths
 
 # (label, config module, overrides)
 METHODS = [

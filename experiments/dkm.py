@@ -45,9 +45,9 @@ import optax
 
 from experiments import _checks
 from fdiv import data as fdata
+from fdiv import plots
 from fdiv.losses import dkm as dkm_losses
 from fdiv.train import Task, TrainConfig, Update, parallel, paths, train
-from fdiv.train import plots as train_plots
 
 METHODS = ("dkm", "nngp", "gp")
 DATASETS = ("diabetes", "digits")
@@ -587,4 +587,4 @@ def plot_grams(config, dkm_run, nngp_run, path: str) -> None:
             ax.set_yticks([])
         fig.colorbar(image, ax=axes[layer, :].tolist(), shrink=0.8)
     fig.suptitle(f"{config.dataset}: inducing-point Gram matrices (seed {config.train.seed})")
-    train_plots._save(fig, path)
+    plots._save(fig, path)

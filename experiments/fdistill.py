@@ -37,12 +37,11 @@ import optax
 from experiments import _checks
 from experiments._checks import stage_config_json
 from fdiv import data as fdata
-from fdiv import diffusion, generators, metrics, models
+from fdiv import diffusion, generators, metrics, models, plots
 from fdiv.losses import diffusion as dl
 from fdiv.models.critic import FeatureDiscriminator, NoiseClassifier
 from fdiv.models.score import ScoreCNN, ScoreMLP
 from fdiv.train import Task, TrainConfig, Update, parallel, paths, train
-from fdiv.train import plots as train_plots
 
 METHODS = ("fdistill", "sim")
 DATASETS = ("mog", "digits", "cifar10")
@@ -324,7 +323,7 @@ def mixture_setting(config, workdir) -> Setting:
             return np.asarray(fdata.mixture_log_prob(mix, jnp.asarray(points)))
 
         label = str(_generator(config)) if config.method == "fdistill" else config.distance
-        train_plots.scatter_2d(
+        plots.scatter_2d(
             x, os.path.join(workdir, "samples.png"), density_fn=log_density, extent=plot_extent(mix),
             title=f"{config.method} {label}",
         )  # fmt: skip
@@ -429,9 +428,7 @@ def image_setting(config, workdir) -> Setting:
 
     def report(x, workdir):
         grid = x[:64] if x.shape[-1] == 1 else x[:64].mean(-1)  # colour shown as its channel mean
-        train_plots.image_grid(
-            grid, os.path.join(workdir, "samples.png"), ncols=8, title=config.method
-        )
+        plots.image_grid(grid, os.path.join(workdir, "samples.png"), ncols=8, title=config.method)
 
     return Setting(
         shape=shape,

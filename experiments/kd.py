@@ -27,11 +27,10 @@ import optax
 
 from experiments import _checks
 from experiments._checks import stage_config_json
-from fdiv import analysis, generators, metrics, models
+from fdiv import analysis, generators, metrics, models, plots
 from fdiv import data as fdata
 from fdiv.losses import kd as kd_losses
 from fdiv.train import Task, TrainConfig, Update, parallel, train
-from fdiv.train import plots as train_plots
 
 METHODS = ("student", "vanilla", "fkd", "sinkd", "dml", "bdkd")
 OFFLINE = ("vanilla", "fkd", "sinkd")
@@ -169,7 +168,7 @@ def report(outputs: Mapping[str, np.ndarray], workdir: str) -> None:
         ece, bins = metrics.expected_calibration_error(
             outputs[name], outputs["labels"], num_bins=15
         )
-        train_plots.reliability_diagram(
+        plots.reliability_diagram(
             bins, os.path.join(workdir, f"reliability_{name}.png"), title=name, ece=float(ece)
         )
 

@@ -46,8 +46,8 @@ from scipy import stats
 
 from experiments import kd, sweep
 from experiments._tables import machine, mean_std, write
+from fdiv import plots
 from fdiv.train import paths
-from fdiv.train import plots as train_plots
 
 # (label, method, divergence)
 METHODS = [
@@ -316,10 +316,10 @@ def alignment_heatmaps(
         "row_label": "teacher layer", "col_label": "student layer",
     }  # fmt: skip
     title = f"{setting}: linear CKA to the offline teacher (test split, mean of {len(seeds)} seeds)"
-    train_plots.heatmap_grid({k[0]: m for k, m in matrices.items()}, path, title=title, **axes)
+    plots.heatmap_grid({k[0]: m for k, m in matrices.items()}, path, title=title, **axes)
     for (label, method, divergence), matrix in matrices.items():
         name = method if method != "fkd" else f"fkd_{divergence}"
-        train_plots.heatmap_grid(
+        plots.heatmap_grid(
             {label: matrix}, os.path.join(method_dir, f"alignment_{name}.png"), **axes
         )
 
@@ -391,7 +391,7 @@ def sweep_plot(setting: str, results: dict, evaluated: dict, seeds, path: str) -
         values = [np.mean(column(results[key], sweep.setting_name(o), seeds, SELECT[0])) for o in evaluated[key]]  # fmt: skip
         if len(values) > 1:
             series[label] = (list(range(1, len(values) + 1)), values)
-    train_plots.line_plot(
+    plots.line_plot(
         series, path, xlabel="setting (order of the appendix: 6 of stage 1, then 2 of stage 2)",
         ylabel="validation accuracy (seed mean)", title=f"{setting}: the sweep",
     )  # fmt: skip
@@ -504,7 +504,7 @@ def balance_report(setting: str, workdir: str, results, chosen, evaluated, seeds
             mean_std(column(results[key], name, seeds, EVAL[0])),
         ]
         lines.append(f"| {text} | {' | '.join(cells)} |")
-    train_plots.line_plot(
+    plots.line_plot(
         curves, path, ylabel="forward-KL weight w", title=f"{setting}: BD-KD's balance weight at the chosen setting",
     )  # fmt: skip
     return "\n".join(lines)

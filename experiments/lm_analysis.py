@@ -45,11 +45,10 @@ import optax
 from experiments import _checks
 from experiments._tables import mean_std
 from experiments.lm import ArrayDict
-from fdiv import analysis, models
+from fdiv import analysis, models, plots
 from fdiv.data import language as lang
 from fdiv.models import sampling
 from fdiv.train import Task, TrainConfig, Update, paths, train
-from fdiv.train import plots as train_plots
 from fdiv.train import workdir as wd
 
 LANGUAGES = ("markov", "order2", "lag2")
@@ -311,7 +310,7 @@ def plot_curves(summary: Mapping[str, Any], directory: str) -> None:
             for key in keys:
                 label = name if len(keys) == 1 else f"{name}: {MEASURES[key]}"
                 series[label] = (steps, [values[key] for _, values in entry["curve"]])
-        train_plots.line_plot(
+        plots.line_plot(
             series, os.path.join(directory, f"curves_{suffix}.png"), ylabel=ylabel,
             title=f"{MEASURES[keys[0]].split(' (')[0] if len(keys) == 1 else 'probe estimates'} "
             "over NLL training (seed 0)",

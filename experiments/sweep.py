@@ -292,7 +292,7 @@ def report(results, grid_settings, seeds, metric, mode, group, extra: Sequence[s
 
 
 def plot(results, grid_settings, seeds, metric, path: str) -> None:
-    from fdiv.train import plots
+    from fdiv import plots
 
     xs = list(range(len(grid_settings)))
     series = {

@@ -5,8 +5,8 @@ Gaussians, Monte Carlo / importance-weighted / variational estimators, and prope
 helpers for your own generators (``fdiv.testing``); the seed methods as pure losses
 (``fdiv.losses``), classifier metrics (``fdiv.metrics``), log-domain Sinkhorn (``fdiv.transport``),
 representation similarity (``fdiv.analysis``: CKA, RSA).
-Models, data and the trainer (``fdiv.models``, ``fdiv.data``, ``fdiv.train``) need the
-``experiments`` extra and are imported on their own. Argument order is always ``(P, Q)``.
+Models, data, the trainer and the figures (``fdiv.models``, ``fdiv.data``, ``fdiv.train``,
+``fdiv.plots``) need the ``experiments`` extra and are imported on their own. Argument order is always ``(P, Q)``.
 """
 
 from fdiv import analysis, fused, generators, losses, metrics, testing, transport

@@ -1,4 +1,4 @@
-"""Tests for ``fdiv.metrics`` (accuracy, NLL, ECE, agreement) and ``fdiv.train.plots``.
+"""Tests for ``fdiv.metrics`` (accuracy, NLL, ECE, agreement) and ``fdiv.plots``.
 
 Expected values come from sources independent of the code under test:
 
@@ -299,11 +299,11 @@ def test_bad_inputs():
 
 
 # --------------------------------------------------------------------------------------------
-# fdiv.train.plots (I/O; lives with the trainer)
+# fdiv.plots (figures for the experiments' report hooks; written through fdiv.train.paths)
 
 
 def test_reliability_diagram_and_line_plot_write_png(tmp_path):
-    from fdiv.train import plots
+    from fdiv import plots
 
     rng = np.random.default_rng(10)
     logits = rng.normal(size=(2000, 10)).astype(np.float32) * 3

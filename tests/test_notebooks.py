@@ -31,7 +31,9 @@ def test_notebook_executes_and_draws(path, tmp_path):
     ).execute()
     assert not _outputs(notebook, lambda o: o.output_type == "error")
     images = _outputs(notebook, _is_image)
-    assert len(images) == len(_outputs(committed, _is_image)), "run python notebooks/execute.py and commit the outputs"
+    assert len(images) == len(_outputs(committed, _is_image)), (
+        "run python notebooks/execute.py and commit the outputs"
+    )
     assert all(len(o["data"]["image/png"]) > 1000 for o in images)  # base64 of a real PNG
 
 

@@ -25,8 +25,9 @@ from etils.epath import gpath
 from fsspec.implementations.memory import MemoryFileSystem
 from test_train import regression_task, small_config
 
+from fdiv import plots
 from fdiv.train import loop as train_loop
-from fdiv.train import parallel, paths, plots, train
+from fdiv.train import parallel, paths, train
 from fdiv.train import workdir as wd
 from fdiv.train.checkpoint import Checkpointer
 from fdiv.train.writers import RunWriter

@@ -23,8 +23,7 @@ import scipy.special
 import scipy.stats
 from sklearn.neighbors import NearestNeighbors
 
-from fdiv import metrics
-from fdiv.train import plots
+from fdiv import metrics, plots
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
