@@ -251,7 +251,7 @@ def student_loss_fn(config, nets: Networks):
         if method == "sinkd":
             s = config.sinkd
             value = kd_losses.sinkd_loss(
-                logits, teacher_logits, labels, alpha=s.alpha, beta=s.beta, sinkhorn_scale=s.scale,
+                student_logits=logits, teacher_logits=teacher_logits, labels=labels, alpha=s.alpha, beta=s.beta, sinkhorn_scale=s.scale,
                 kd_temperature=config.temperature, sinkhorn_temperature=s.temperature,
                 epsilon=s.epsilon, num_iters=s.num_iters, kd_temperature_squared=s.temperature_squared,
             )  # fmt: skip
@@ -259,7 +259,10 @@ def student_loss_fn(config, nets: Networks):
         name = "kl" if method == "vanilla" else config.divergence
         ce = kd_losses.cross_entropy(logits, labels)
         kd = kd_losses.distillation_term(
-            logits, teacher_logits, divergence_name=name, temperature=config.temperature
+            student_logits=logits,
+            teacher_logits=teacher_logits,
+            divergence=name,
+            temperature=config.temperature,
         )
         return jnp.mean(ce + config.kd_weight * kd), (updates, _mean_metrics(ce=ce, kd=kd))
 
@@ -276,27 +279,39 @@ def online_loss_fn(config, nets: Networks):
         t_logits, t_updates = nets.apply("teacher", params, model_state, x, train=True)
         if method == "dml":
             s_loss = kd_losses.dml_loss(
-                s_logits, t_logits, labels, temperature=tau, kd_weight=config.kd_weight
+                logits=s_logits,
+                peer_logits=t_logits,
+                labels=labels,
+                temperature=tau,
+                kd_weight=config.kd_weight,
             )
             t_loss = kd_losses.dml_loss(
-                t_logits, s_logits, labels, temperature=tau, kd_weight=config.kd_weight
+                logits=t_logits,
+                peer_logits=s_logits,
+                labels=labels,
+                temperature=tau,
+                kd_weight=config.kd_weight,
             )
             extra = {}
         else:
             b = config.bdkd
             s_loss = kd_losses.bdkd_student_loss(
-                s_logits,
-                t_logits,
-                labels,
+                student_logits=s_logits,
+                teacher_logits=t_logits,
+                labels=labels,
                 temperature=tau,
                 kappa=b.kappa,
                 kd_weight=config.kd_weight,
             )
             t_loss = kd_losses.bdkd_teacher_loss(
-                t_logits, s_logits, labels, temperature=tau, teacher_kd_weight=b.teacher_kd_weight
+                teacher_logits=t_logits,
+                student_logits=s_logits,
+                labels=labels,
+                temperature=tau,
+                teacher_kd_weight=b.teacher_kd_weight,
             )
             # BD-KD's mechanism is active only where the weight leaves 1/2: log its spread
-            weight = kd_losses.bdkd_forward_weight(s_logits, t_logits, kappa=b.kappa, temperature=tau)  # fmt: skip
+            weight = kd_losses.bdkd_forward_weight(student_logits=s_logits, teacher_logits=t_logits, kappa=b.kappa, temperature=tau)  # fmt: skip
             low, high = jnp.quantile(jax.lax.stop_gradient(weight), jnp.array([0.05, 0.95]))
             extra = {
                 "forward_weight": weight,

@@ -29,7 +29,7 @@ __all__ = [
 
 
 def divergence(
-    name_or_generator: str | gen.Generator,
+    divergence: str | gen.Generator,
     p_logits: ArrayLike,
     q_logits: ArrayLike,
     *,
@@ -53,7 +53,7 @@ def divergence(
     generator a generic rule that evaluates ``f`` and its dual only at ratios ``<= 1``.
 
     Args:
-      name_or_generator: a registry name (``"kl"``, ``"js"``, ... see
+      divergence: a registry name (``"kl"``, ``"js"``, ... see
         ``fdiv.generators.names()``) or a :class:`fdiv.generators.Generator`.
       p_logits: logits of ``P`` (the target / teacher), ``[..., V]``.
       q_logits: logits of ``Q`` (the model / student), broadcastable to ``p_logits``.
@@ -75,7 +75,7 @@ def divergence(
       Csiszar (1967); Ali and Silvey (1966); Liese and Vajda, "On divergences and informations in
       statistics and information theory" (2006).
     """
-    g = gen.resolve(name_or_generator)
+    g = gen.resolve(divergence)
     p_logits = jnp.asarray(p_logits)
     q_logits = jnp.asarray(q_logits)
     nx.check_logits("divergence", p_logits, q_logits, axis=axis)
@@ -109,6 +109,9 @@ def divergence(
 # ------------------------------------------------------------------------------------------------
 # Gaussians.
 # ------------------------------------------------------------------------------------------------
+
+
+_categorical = divergence  # for the functions below, whose generator argument shadows the name
 
 
 def gaussian_kl_diag(
@@ -187,7 +190,7 @@ def gaussian_kl(
 
 
 def monte_carlo_divergence(
-    name_or_generator: str | gen.Generator,
+    divergence: str | gen.Generator,
     log_ratio: ArrayLike,
     *,
     axis: int = -1,
@@ -201,7 +204,7 @@ def monte_carlo_divergence(
     ones use :func:`importance_weighted_divergence` (self-normalised) instead.
 
     Args:
-      name_or_generator: generator name or object.
+      divergence: generator name or object.
       log_ratio: ``[..., n]`` values ``log p(x_i) - log q(x_i)`` at samples ``x_i ~ Q``.
       axis: the sample axis.
       control_variate: subtract ``f'(1)(u - 1)``.
@@ -209,7 +212,7 @@ def monte_carlo_divergence(
     Returns:
       ``[...]`` the estimate.
     """
-    g = gen.resolve(name_or_generator)
+    g = gen.resolve(divergence)
     log_ratio = jnp.asarray(log_ratio)
     out_dtype = nx.output_dtype(log_ratio)
     log_ratio = log_ratio.astype(nx.compute_dtype(log_ratio))
@@ -218,7 +221,7 @@ def monte_carlo_divergence(
 
 
 def importance_weighted_divergence(
-    name_or_generator: str | gen.Generator,
+    divergence: str | gen.Generator,
     log_p: ArrayLike,
     log_q: ArrayLike,
     log_proposal: ArrayLike,
@@ -236,7 +239,7 @@ def importance_weighted_divergence(
     ``mean_i (q_i / pi_i) f(p_i / q_i)``.
 
     Args:
-      name_or_generator: generator name or object.
+      divergence: generator name or object.
       log_p, log_q, log_proposal: ``[..., n]`` log densities at the samples ``x_i ~ pi``.
       axis: the sample axis.
       self_normalize: see above.
@@ -244,10 +247,10 @@ def importance_weighted_divergence(
     Returns:
       ``[...]`` the estimate.
     """
-    g = gen.resolve(name_or_generator)
+    g = gen.resolve(divergence)
     log_p, log_q, log_proposal = (jnp.asarray(a) for a in (log_p, log_q, log_proposal))
     if self_normalize:
-        return divergence(g, log_p - log_proposal, log_q - log_proposal, axis=axis)
+        return _categorical(g, log_p - log_proposal, log_q - log_proposal, axis=axis)
     out_dtype = nx.output_dtype(log_p, log_q, log_proposal)
     dtype = nx.compute_dtype(log_p, log_q, log_proposal)
     lp = (log_p - log_proposal).astype(dtype)
@@ -258,7 +261,7 @@ def importance_weighted_divergence(
 
 
 def variational_lower_bound(
-    name_or_generator: str | gen.Generator,
+    divergence: str | gen.Generator,
     critic_on_p: ArrayLike,
     critic_on_q: ArrayLike,
     *,
@@ -271,7 +274,7 @@ def variational_lower_bound(
     bound is tight at ``v = log(p/q)``; maximise it over the critic to estimate ``D_f``.
 
     Args:
-      name_or_generator: generator name or object.
+      divergence: generator name or object.
       critic_on_p: ``[..., n]`` critic outputs ``v`` at samples of ``P``.
       critic_on_q: ``[..., m]`` critic outputs at samples of ``Q``.
       axis: the sample axis (of both).
@@ -279,7 +282,7 @@ def variational_lower_bound(
     Returns:
       ``[...]`` the bound.
     """
-    g = gen.resolve(name_or_generator)
+    g = gen.resolve(divergence)
     v_p, v_q = jnp.asarray(critic_on_p), jnp.asarray(critic_on_q)
     out_dtype = nx.output_dtype(v_p, v_q)
     dtype = nx.compute_dtype(v_p, v_q)

@@ -190,7 +190,7 @@ def _row_mask(where, shape):
 
 
 def fused_divergence(
-    name_or_generator: str | gen.Generator,
+    divergence: str | gen.Generator,
     p_logits: ArrayLike | TopKTeacher,
     q_logits: ArrayLike,
     *,
@@ -206,7 +206,7 @@ def fused_divergence(
     logits are computed in float32 and their gradients returned in the input dtype.
 
     Args:
-      name_or_generator: generator name (``"kl"``, ``"js"``, ``"skew_js"`` ...) or object; the
+      divergence: generator name (``"kl"``, ``"js"``, ``"skew_js"`` ...) or object; the
         generalised JSD of TRL / Liger is ``fdiv.generators.get("skew_js", beta=b)``.
       p_logits: teacher logits ``[..., V]``, or a :class:`TopKTeacher` (``[..., k]``).
       q_logits: student logits ``[..., V]``.
@@ -217,7 +217,7 @@ def fused_divergence(
     Returns:
       ``[...]`` per-row divergences (float32 for low-precision inputs).
     """
-    g = gen.resolve(name_or_generator)
+    g = gen.resolve(divergence)
     inv_tau = _check_temperature(temperature)
     q = jnp.asarray(q_logits)
     if q.ndim < 1:
@@ -377,7 +377,7 @@ def linear_chunk_rows(vocab: int) -> int:
 
 
 def fused_linear_divergence(
-    name_or_generator: str | gen.Generator,
+    divergence: str | gen.Generator,
     hidden: ArrayLike,
     weight: ArrayLike,
     teacher: ArrayLike | TopKTeacher | tuple[ArrayLike, ArrayLike],
@@ -395,7 +395,7 @@ def fused_linear_divergence(
     of logit gradients). The teacher is data: it receives no gradient (as in distillation).
 
     Args:
-      name_or_generator: generator name or object.
+      divergence: generator name or object.
       hidden: ``[..., H]`` student hidden states.
       weight: ``[V, H]`` the student's output projection (``logits = hidden @ weight.T``).
       teacher: ``[..., V]`` teacher logits, a :class:`TopKTeacher`, or a pair
@@ -409,7 +409,7 @@ def fused_linear_divergence(
     Returns:
       A float32 scalar.
     """
-    g = gen.resolve(name_or_generator)
+    g = gen.resolve(divergence)
     inv_tau = _check_temperature(temperature)
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")

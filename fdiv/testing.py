@@ -27,8 +27,8 @@ import numpy as np
 from jax.test_util import check_grads
 from jax.typing import ArrayLike
 
+from fdiv import divergences
 from fdiv import generators as gen
-from fdiv.divergences import divergence
 
 __all__ = [
     "default_log_grid",
@@ -271,7 +271,7 @@ def _check_derivatives(what: str, fn, args: tuple, *, order, modes, eps, rtol, a
 
 
 def check_divergence_grads(
-    name_or_generator: str | gen.Generator,
+    divergence: str | gen.Generator,
     p_logits: ArrayLike,
     q_logits: ArrayLike,
     *,
@@ -303,7 +303,7 @@ def check_divergence_grads(
       AssertionError: naming the generator, the failing derivative (e.g. ``VJP of JVP``) and the
         values, or the exception a transformation raised.
     """
-    g = gen.resolve(name_or_generator)
+    g = gen.resolve(divergence)
     what = f"divergence({g!r}{'' if where is None else ', where=...'})"
     with jax.enable_x64(True):
         p = jnp.asarray(p_logits, jnp.float64)
@@ -311,7 +311,7 @@ def check_divergence_grads(
         mask = None if where is None else jnp.asarray(where, bool)
 
         def fn(a, b):
-            return divergence(g, a, b, where=mask)
+            return divergences.divergence(g, a, b, where=mask)
 
         _check_derivatives(
             what, fn, (p, q), order=order, modes=modes, eps=eps, rtol=rtol, atol=atol

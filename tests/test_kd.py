@@ -45,21 +45,42 @@ def test_hand_example_two_classes():
     rev = 0.25 * np.log(0.5) + 0.75 * np.log(1.5)
     np.testing.assert_allclose(kd.cross_entropy(student, labels), [ce], rtol=1e-6)
     np.testing.assert_allclose(
-        kd.kd_loss(student, teacher, labels, temperature=1.0, kd_weight=2.0),
+        kd.kd_loss(
+            student_logits=student,
+            teacher_logits=teacher,
+            labels=labels,
+            temperature=1.0,
+            kd_weight=2.0,
+        ),
         [ce + 2 * fwd],
         rtol=1e-6,
     )
     # H(p) = log 2, H(q) = -(1/4 log 1/4 + 3/4 log 3/4); forward weight sigmoid(kappa (H(p) - H(q))).
     h_q = -(0.25 * np.log(0.25) + 0.75 * np.log(0.75))
     w = 1 / (1 + np.exp(-3.0 * (np.log(2) - h_q)))
-    np.testing.assert_allclose(kd.bdkd_forward_weight(student, teacher, kappa=3.0), [w], rtol=1e-6)
+    np.testing.assert_allclose(
+        kd.bdkd_forward_weight(student_logits=student, teacher_logits=teacher, kappa=3.0),
+        [w],
+        rtol=1e-6,
+    )
     value = kd.bdkd_student_loss(
-        student, teacher, labels, temperature=1.0, kappa=3.0, kd_weight=0.5
+        student_logits=student,
+        teacher_logits=teacher,
+        labels=labels,
+        temperature=1.0,
+        kappa=3.0,
+        kd_weight=0.5,
     )
     np.testing.assert_allclose(value, [ce + 0.5 * (w * fwd + (1 - w) * rev)], rtol=1e-6)
     # Teacher loss: CE(y, p) + lambda_t KL(q || p) = log 2 + 0.1 * rev.
     np.testing.assert_allclose(
-        kd.bdkd_teacher_loss(teacher, student, labels, temperature=1.0, teacher_kd_weight=0.1),
+        kd.bdkd_teacher_loss(
+            teacher_logits=teacher,
+            student_logits=student,
+            labels=labels,
+            temperature=1.0,
+            teacher_kd_weight=0.1,
+        ),
         [np.log(2) + 0.1 * rev],
         rtol=1e-6,
     )
@@ -72,9 +93,11 @@ def test_kd_and_dml_match_numpy(logits, tau):
     ce = -log_softmax(s, axis=-1)[np.arange(6), y]
     expected = ce + 0.7 * tau**2 * np_kl(p, q)
     np.testing.assert_allclose(
-        kd.kd_loss(s, t, y, temperature=tau, kd_weight=0.7), expected, rtol=1e-5
+        kd.kd_loss(student_logits=s, teacher_logits=t, labels=y, temperature=tau, kd_weight=0.7),
+        expected,
+        rtol=1e-5,
     )
-    np.testing.assert_allclose(jax.jit(kd.dml_loss, static_argnames=("temperature", "kd_weight"))(s, t, y, temperature=tau, kd_weight=0.7), expected, rtol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(jax.jit(kd.dml_loss, static_argnames=("temperature", "kd_weight"))(logits=s, peer_logits=t, labels=y, temperature=tau, kd_weight=0.7), expected, rtol=1e-5)  # fmt: skip
 
 
 def test_any_f_distillation_uses_the_named_generator(logits):
@@ -85,10 +108,14 @@ def test_any_f_distillation_uses_the_named_generator(logits):
     js = 0.5 * np_kl(p, m) + 0.5 * np_kl(q, m)
     tv = 0.5 * np.abs(p - q).sum(-1)
     np.testing.assert_allclose(
-        kd.distillation_term(s, t, divergence_name="js", temperature=tau), tau**2 * js, rtol=1e-5
+        kd.distillation_term(student_logits=s, teacher_logits=t, divergence="js", temperature=tau),
+        tau**2 * js,
+        rtol=1e-5,
     )
     np.testing.assert_allclose(
-        kd.distillation_term(s, t, divergence_name="tv", temperature=tau), tau**2 * tv, rtol=1e-5
+        kd.distillation_term(student_logits=s, teacher_logits=t, divergence="tv", temperature=tau),
+        tau**2 * tv,
+        rtol=1e-5,
     )
     np.testing.assert_allclose(kd.entropy(s), np_entropy(softmax(s, axis=-1)), rtol=1e-5)
 
@@ -98,7 +125,16 @@ def test_teacher_side_is_detached_and_student_gradient_matches_closed_form(logit
     tau = 3.0
 
     def total(s, t):
-        return jnp.sum(kd.kd_loss(s, t, y, temperature=tau, kd_weight=1.0, ce_weight=0.0))
+        return jnp.sum(
+            kd.kd_loss(
+                student_logits=s,
+                teacher_logits=t,
+                labels=y,
+                temperature=tau,
+                kd_weight=1.0,
+                ce_weight=0.0,
+            )
+        )
 
     grad_s, grad_t = jax.grad(total, argnums=(0, 1))(s, t)
     np.testing.assert_array_equal(grad_t, 0.0)
@@ -106,7 +142,9 @@ def test_teacher_side_is_detached_and_student_gradient_matches_closed_form(logit
     np.testing.assert_allclose(
         grad_s, tau * (softmax(s / tau, -1) - softmax(t / tau, -1)), atol=1e-5
     )
-    g = jax.grad(lambda t: jnp.sum(kd.bdkd_student_loss(s, t, y)))(t)
+    g = jax.grad(
+        lambda t: jnp.sum(kd.bdkd_student_loss(student_logits=s, teacher_logits=t, labels=y))
+    )(t)
     np.testing.assert_array_equal(g, 0.0)
 
 
@@ -115,9 +153,9 @@ def test_masked_classes_give_finite_losses_and_gradients():
     t = jnp.array([[1.0, 0.0, -jnp.inf], [0.0, -jnp.inf, 1.0]])
     y = jnp.array([0, 2])
     for fn in (
-        lambda s: kd.kd_loss(s, t, y),
-        lambda s: kd.bdkd_student_loss(s, t, y),
-        lambda s: kd.sinkd_loss(s, t, y)[None],
+        lambda s: kd.kd_loss(student_logits=s, teacher_logits=t, labels=y),
+        lambda s: kd.bdkd_student_loss(student_logits=s, teacher_logits=t, labels=y),
+        lambda s: kd.sinkd_loss(student_logits=s, teacher_logits=t, labels=y)[None],
     ):
         value, grad = jax.value_and_grad(lambda s, fn=fn: jnp.sum(fn(s)))(s)
         assert np.isfinite(value) and np.all(np.isfinite(grad)), fn
@@ -140,7 +178,9 @@ def test_sinkhorn_distillation_matches_numpy(logits):
     plan = np_sinkhorn_plan(cost, 0.5, 20)
     np.testing.assert_allclose(plan.sum(0), 1.0, rtol=1e-6)  # doubly stochastic (columns exact)
     expected = np.sum(plan * cost)
-    got = kd.sinkhorn_distillation(s, t, temperature=2.0, epsilon=0.5, num_iters=20)
+    got = kd.sinkhorn_distillation(
+        student_logits=s, teacher_logits=t, temperature=2.0, epsilon=0.5, num_iters=20
+    )
     np.testing.assert_allclose(got, expected, rtol=1e-4)
     options = dict(alpha=0.8, beta=0.5, sinkhorn_scale=0.01, kd_temperature=4.0, sinkhorn_temperature=2.0, epsilon=0.5)  # fmt: skip
     ce = -log_softmax(s, -1)[np.arange(6), y]
@@ -149,12 +189,14 @@ def test_sinkhorn_distillation_matches_numpy(logits):
     soft_ce = -np.sum(p4 * log_q4, -1)
     kl = soft_ce + np.sum(p4 * np.log(p4), -1)
     np.testing.assert_allclose(kl, np_kl(p4, softmax(s / 4, -1)), rtol=1e-5)
-    total = kd.sinkd_loss(s, t, y, **options)
+    total = kd.sinkd_loss(student_logits=s, teacher_logits=t, labels=y, **options)
     np.testing.assert_allclose(
         total, np.mean(0.8 * kl + 0.2 * ce) + 0.5 * 0.01 * expected, rtol=1e-4
     )
     # the switch back to Hinton's tau^2 scaling
-    total = kd.sinkd_loss(s, t, y, **options, kd_temperature_squared=True)
+    total = kd.sinkd_loss(
+        student_logits=s, teacher_logits=t, labels=y, **options, kd_temperature_squared=True
+    )
     np.testing.assert_allclose(
         total, np.mean(0.8 * 16 * kl + 0.2 * ce) + 0.5 * 0.01 * expected, rtol=1e-4
     )
@@ -164,16 +206,26 @@ def test_sinkhorn_distillation_matches_numpy(logits):
     "call, match",
     [
         (
-            lambda: kd.distillation_term(np.zeros((1, 2)), np.zeros((1, 2)), temperature=0.0),
+            lambda: kd.distillation_term(
+                student_logits=np.zeros((1, 2)), teacher_logits=np.zeros((1, 2)), temperature=0.0
+            ),
             "temperature must be > 0",
         ),
         (
-            lambda: kd.sinkd_loss(np.zeros((1, 2)), np.zeros((1, 2)), np.zeros(1, int), alpha=1.5),
+            lambda: kd.sinkd_loss(
+                student_logits=np.zeros((1, 2)),
+                teacher_logits=np.zeros((1, 2)),
+                labels=np.zeros(1, int),
+                alpha=1.5,
+            ),
             "alpha must be in",
         ),
         (
             lambda: kd.kd_loss(
-                np.zeros((1, 2)), np.zeros((1, 2)), np.zeros(1, int), divergence_name="nope"
+                student_logits=np.zeros((1, 2)),
+                teacher_logits=np.zeros((1, 2)),
+                labels=np.zeros(1, int),
+                divergence="nope",
             ),
             "kl",
         ),

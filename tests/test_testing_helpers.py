@@ -176,7 +176,9 @@ def test_check_loss_grads_holds_integer_arguments_fixed():
     fdiv.testing.check_loss_grads(fdpo, *logps)  # per-example [3] outputs
     student, teacher = rng.normal(size=(2, 5)), rng.normal(size=(2, 5))
     labels = np.array([1, 4])
-    loss = lambda s, t, y: jnp.mean(kd.kd_loss(s, t, y, temperature=2.0, divergence_name="js"))
+    loss = lambda s, t, y: jnp.mean(
+        kd.kd_loss(student_logits=s, teacher_logits=t, labels=y, temperature=2.0, divergence="js")
+    )
     fdiv.testing.check_loss_grads(loss, student, teacher, labels, argnums=0, order=1)
     with pytest.raises(AssertionError, match="cotangent projection"):  # teacher is detached
         fdiv.testing.check_loss_grads(loss, student, teacher, labels, order=1, modes=("rev",))
@@ -198,7 +200,9 @@ def test_check_loss_grads_holds_integer_arguments_fixed():
 def test_check_outputs_passes_and_returns_the_output():
     student, teacher = RNG.normal(size=(2, 4, 5)).astype(np.float32)
     labels = np.array([0, 1, 2, 3])
-    loss = functools.partial(kd.kd_loss, temperature=2.0)
+    def loss(s, t, y):
+        return kd.kd_loss(student_logits=s, teacher_logits=t, labels=y, temperature=2.0)
+
     out = fdiv.testing.check_outputs(loss, student, teacher, labels, shape=(4,), dtype=jnp.float32)
     np.testing.assert_allclose(out, loss(student, teacher, labels), rtol=1e-6)
     tree = fdiv.testing.check_outputs(

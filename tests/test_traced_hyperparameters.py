@@ -39,7 +39,9 @@ def _close(a, b, rtol=1e-5, atol=1e-6):
 def test_kd_loss_with_a_traced_temperature():
     s, t = _logits((6, 10))
     labels = jnp.arange(6) % 10
-    loss = lambda tau: kd.kd_loss(s, t, labels, temperature=tau)  # noqa: E731
+    loss = lambda tau: kd.kd_loss(
+        student_logits=s, teacher_logits=t, labels=labels, temperature=tau
+    )  # noqa: E731
     _close(jax.jit(loss)(2.5), loss(2.5))
 
 
@@ -155,7 +157,14 @@ def test_gradient_with_respect_to_the_temperature():
             _close(jax.grad(fn)(tau), fd, rtol=rtol, atol=0)
 
         check(lambda t: jnp.sum(fused_divergence("js", p, q, temperature=t, chunk_rows=3)), 1.7)
-        check(lambda t: jnp.sum(kd.kd_loss(q, p, jnp.zeros(4, int), temperature=t)), 3.0)
+        check(
+            lambda t: jnp.sum(
+                kd.kd_loss(
+                    student_logits=q, teacher_logits=p, labels=jnp.zeros(4, int), temperature=t
+                )
+            ),
+            3.0,
+        )
         log_probs, indices = jax.lax.top_k(jax.nn.log_softmax(p), 5)
         teacher = TopKTeacher(indices, log_probs)
         # the top-k kernel computes in float32
@@ -178,8 +187,18 @@ def test_temperature_and_beta_sweeps_by_vmap():
     s, t = _logits((6, 10), seed=4)
     labels = jnp.arange(6) % 10
     taus = jnp.asarray([1.0, 2.0, 4.0])
-    swept = jax.vmap(lambda tau: kd.kd_loss(s, t, labels, temperature=tau))(taus)
-    _close(swept, jnp.stack([kd.kd_loss(s, t, labels, temperature=float(x)) for x in taus]))
+    swept = jax.vmap(
+        lambda tau: kd.kd_loss(student_logits=s, teacher_logits=t, labels=labels, temperature=tau)
+    )(taus)
+    _close(
+        swept,
+        jnp.stack(
+            [
+                kd.kd_loss(student_logits=s, teacher_logits=t, labels=labels, temperature=float(x))
+                for x in taus
+            ]
+        ),
+    )
     x = jax.random.normal(KEY, (4, 5))
     betas = jnp.asarray([0.05, 0.1, 0.5])
     swept = jax.vmap(lambda b: preference.fdpo_loss(*x, beta=b, divergence="alpha", alpha=0.4))(betas)  # fmt: skip
@@ -197,15 +216,30 @@ def _jit_equals_eager(fn, *values):
 def test_kd_family_hyperparameters_trace():
     s, t = _logits((8, 10), seed=5)
     y = jnp.arange(8) % 10
-    _jit_equals_eager(lambda w, c: kd.kd_loss(s, t, y, kd_weight=w, ce_weight=c), 0.7, 0.3)
-    _jit_equals_eager(lambda tau, w: kd.dml_loss(s, t, y, temperature=tau, kd_weight=w), 2.0, 0.5)
-    _jit_equals_eager(lambda k, tau: kd.bdkd_student_loss(s, t, y, kappa=k, temperature=tau), 3.0, 4.0)  # fmt: skip
-    _jit_equals_eager(lambda w: kd.bdkd_teacher_loss(t, s, y, teacher_kd_weight=w), 0.1)
     _jit_equals_eager(
-        lambda a, b, eps, tau: kd.sinkd_loss(s, t, y, alpha=a, beta=b, epsilon=eps, kd_temperature=tau),  # fmt: skip
+        lambda w, c: kd.kd_loss(
+            student_logits=s, teacher_logits=t, labels=y, kd_weight=w, ce_weight=c
+        ),
+        0.7,
+        0.3,
+    )
+    _jit_equals_eager(
+        lambda tau, w: kd.dml_loss(logits=s, peer_logits=t, labels=y, temperature=tau, kd_weight=w),
+        2.0,
+        0.5,
+    )
+    _jit_equals_eager(lambda k, tau: kd.bdkd_student_loss(student_logits=s, teacher_logits=t, labels=y, kappa=k, temperature=tau), 3.0, 4.0)  # fmt: skip
+    _jit_equals_eager(
+        lambda w: kd.bdkd_teacher_loss(
+            teacher_logits=t, student_logits=s, labels=y, teacher_kd_weight=w
+        ),
+        0.1,
+    )
+    _jit_equals_eager(
+        lambda a, b, eps, tau: kd.sinkd_loss(student_logits=s, teacher_logits=t, labels=y, alpha=a, beta=b, epsilon=eps, kd_temperature=tau),  # fmt: skip
         0.9, 0.8, 0.1, 4.0,
     )  # fmt: skip
-    _jit_equals_eager(lambda tau: kd.distillation_term(s, t, divergence_name=gen.get("alpha", alpha=tau / 4), temperature=tau), 2.0)  # fmt: skip
+    _jit_equals_eager(lambda tau: kd.distillation_term(student_logits=s, teacher_logits=t, divergence=gen.get("alpha", alpha=tau / 4), temperature=tau), 2.0)  # fmt: skip
 
 
 def test_diffusion_hyperparameters_trace():
@@ -249,7 +283,10 @@ def test_alignment_hyperparameters_trace():
         (lambda: gen.get("skew_js", beta=jnp.float32(1.5)), "beta must be in"),
         (
             lambda: kd.kd_loss(
-                jnp.zeros((1, 3)), jnp.zeros((1, 3)), jnp.zeros(1, int), temperature=0.0
+                student_logits=jnp.zeros((1, 3)),
+                teacher_logits=jnp.zeros((1, 3)),
+                labels=jnp.zeros(1, int),
+                temperature=0.0,
             ),
             "temperature",
         ),  # fmt: skip

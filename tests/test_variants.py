@@ -140,14 +140,16 @@ class LossVariantsTest(chex.TestCase):
     def test_kd_loss(self, name):
         """``CE(y, q) + tau^2 D(p_tau || q_tau)`` (student Q, teacher P)."""
         tau = 4.0
-        fn = lambda s, t, y: kd.kd_loss(s, t, y, divergence_name=name, temperature=tau)
+        fn = lambda s, t, y: kd.kd_loss(
+            student_logits=s, teacher_logits=t, labels=y, divergence=name, temperature=tau
+        )
         ce = -np.log(softmax64(Q_LOGITS)[np.arange(B), LABELS])
         want = ce + tau**2 * REFERENCES[name](softmax64(P_LOGITS / tau), softmax64(Q_LOGITS / tau))
         self._check(fn, (Q_LOGITS, P_LOGITS, LABELS), want, shape=(B,))
 
     @chex.variants(with_jit=True, without_jit=True)
     def test_dml_loss(self):
-        fn = lambda s, t, y: kd.dml_loss(s, t, y, kd_weight=0.5)
+        fn = lambda s, t, y: kd.dml_loss(logits=s, peer_logits=t, labels=y, kd_weight=0.5)
         ce = -np.log(softmax64(Q_LOGITS)[np.arange(B), LABELS])
         want = ce + 0.5 * _kl64(softmax64(P_LOGITS), softmax64(Q_LOGITS))
         self._check(fn, (Q_LOGITS, P_LOGITS, LABELS), want, shape=(B,))
@@ -156,7 +158,9 @@ class LossVariantsTest(chex.TestCase):
     def test_bdkd_student_loss(self):
         """``CE + tau^2 [w KL(p||q) + (1 - w) KL(q||p)]``, ``w = sigmoid(kappa (H(p) - H(q)))``."""
         tau, kappa = 2.0, 1.5
-        fn = lambda s, t, y: kd.bdkd_student_loss(s, t, y, temperature=tau, kappa=kappa)
+        fn = lambda s, t, y: kd.bdkd_student_loss(
+            student_logits=s, teacher_logits=t, labels=y, temperature=tau, kappa=kappa
+        )
         p, q = softmax64(P_LOGITS / tau), softmax64(Q_LOGITS / tau)
         entropy = lambda x: -np.sum(x * np.log(x), -1)
         w = scipy.special.expit(kappa * (entropy(p) - entropy(q)))
@@ -168,7 +172,9 @@ class LossVariantsTest(chex.TestCase):
     def test_sinkhorn_distillation(self):
         """Doubly stochastic log-domain Sinkhorn on the L1 cost between softened predictions."""
         tau, eps, iters = 2.0, 0.1, 20
-        fn = lambda s, t: kd.sinkhorn_distillation(s, t, temperature=tau, epsilon=eps)
+        fn = lambda s, t: kd.sinkhorn_distillation(
+            student_logits=s, teacher_logits=t, temperature=tau, epsilon=eps
+        )
         q, p = softmax64(Q_LOGITS / tau), softmax64(P_LOGITS / tau)
         cost = np.abs(q[:, None, :] - p[None, :, :]).sum(-1)
         log_k = -cost / eps

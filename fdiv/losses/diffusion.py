@@ -187,7 +187,7 @@ def _update_stats(stats: RatioStats, r: jax.Array, bins: jax.Array, momentum: fl
 
 def fdistill_weight(
     log_ratio: ArrayLike,
-    generator: str | gen.Generator,
+    divergence: str | gen.Generator,
     *,
     logit_clamp: float | None = 10.0,
     ratio_clip: tuple[float, float] | None = (0.1, 20.0),
@@ -210,7 +210,7 @@ def fdistill_weight(
     3. if ``stats`` is given: update the running mean of ``r`` in each noise-level bin present in
        the batch -- ``mean <- momentum mean + (1 - momentum) batch_mean``, or ``batch_mean`` at a
        bin's first observation -- and divide each ``r`` by its bin's *updated* mean;
-    4. ``h = generator.weight(log r)``;
+    4. ``h = divergence.weight(log r)`` (the generator's density-ratio weight);
     5. if ``normalize_batch``: ``h / mean(h)`` over the batch (mean weight 1). A batch whose
        weights are all 0 (e.g. total variation, ``h = 0``) is returned unchanged.
 
@@ -218,7 +218,7 @@ def fdistill_weight(
 
     Args:
       log_ratio: ``[B]`` discriminator logits.
-      generator: a name of ``fdiv.generators.names()`` or a ``Generator`` (``"reverse_kl"`` gives
+      divergence: a name of ``fdiv.generators.names()`` or a ``Generator`` (``"reverse_kl"`` gives
         ``h = 1``: DMD / VSD; ``"kl"`` gives ``h = r``; ``"js"`` gives ``h = sigmoid(logit)/2``).
       logit_clamp: ``c > 0`` or ``None``.
       ratio_clip: ``(lo, hi)`` with ``0 < lo < hi``, or ``None``.
@@ -236,7 +236,7 @@ def fdistill_weight(
       Xu, Nie, Vahdat (2025), One-step Diffusion Models with f-Divergence Distribution Matching
       (f-distill).
     """
-    generator = gen.resolve(generator)
+    generator = gen.resolve(divergence)
     if logit_clamp is not None:
         logit_clamp = nx.check_hyperparameter("logit_clamp", logit_clamp, lambda c: c > 0, "> 0")
     if ratio_clip is not None:

@@ -3,7 +3,9 @@ r"""Classifier knowledge-distillation losses: vanilla KD, any-f KD, DML, BD-KD, 
 Every loss takes logits (``[B, C]``) and integer labels (``[B]``) and returns per-example values
 ``[B]`` (SinKD, which couples the samples of a batch, returns a scalar). Reduction is the
 caller's. ``P`` is the teacher / peer, ``Q`` the network being trained; the teacher side is held
-under ``stop_gradient`` unless ``stop_teacher_gradient=False``.
+under ``stop_gradient`` unless ``stop_teacher_gradient=False``. The two distributions are passed
+by role, keyword-only (``student_logits=``, ``teacher_logits=``; DML: ``logits=``,
+``peer_logits=``), so that swapping them is a ``TypeError``, not a silent (Q, P) call.
 """
 
 from __future__ import annotations
@@ -13,9 +15,8 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from fdiv import _numerics as nx
+from fdiv import divergences, transport
 from fdiv import generators as gen
-from fdiv import transport
-from fdiv.divergences import divergence
 
 __all__ = [
     "bdkd_forward_weight",
@@ -60,10 +61,10 @@ def entropy(logits: ArrayLike) -> jax.Array:
 
 
 def distillation_term(
+    *,
     student_logits: ArrayLike,
     teacher_logits: ArrayLike,
-    *,
-    divergence_name: str | gen.Generator = "kl",
+    divergence: str | gen.Generator = "kl",
     temperature: float = 1.0,
     stop_teacher_gradient: bool = True,
 ) -> jax.Array:
@@ -73,7 +74,7 @@ def distillation_term(
 
     Args:
       student_logits: ``[B, C]``. teacher_logits: ``[B, C]``.
-      divergence_name: any name of ``fdiv.generators.names()`` or a ``Generator``.
+      divergence: any name of ``fdiv.generators.names()`` or a ``Generator``.
       temperature: ``tau > 0``.
       stop_teacher_gradient: hold the teacher logits constant.
     Returns:
@@ -84,16 +85,18 @@ def distillation_term(
     if stop_teacher_gradient:
         teacher_logits = jax.lax.stop_gradient(teacher_logits)
     student_logits = jnp.asarray(student_logits)
-    d = divergence(divergence_name, teacher_logits / temperature, student_logits / temperature)
+    d = divergences.divergence(
+        divergence, teacher_logits / temperature, student_logits / temperature
+    )
     return temperature**2 * d
 
 
 def kd_loss(
+    *,
     student_logits: ArrayLike,
     teacher_logits: ArrayLike,
     labels: ArrayLike,
-    *,
-    divergence_name: str | gen.Generator = "kl",
+    divergence: str | gen.Generator = "kl",
     temperature: float = 4.0,
     kd_weight: float = 1.0,
     ce_weight: float = 1.0,
@@ -107,17 +110,20 @@ def kd_loss(
     """
     ce = cross_entropy(student_logits, labels)
     kd = distillation_term(
-        student_logits, teacher_logits, divergence_name=divergence_name, temperature=temperature
+        student_logits=student_logits,
+        teacher_logits=teacher_logits,
+        divergence=divergence,
+        temperature=temperature,
     )
     return ce_weight * ce + kd_weight * kd
 
 
 def dml_loss(
+    *,
     logits: ArrayLike,
     peer_logits: ArrayLike,
     labels: ArrayLike,
-    *,
-    divergence_name: str | gen.Generator = "kl",
+    divergence: str | gen.Generator = "kl",
     temperature: float = 1.0,
     kd_weight: float = 1.0,
 ) -> jax.Array:
@@ -130,19 +136,19 @@ def dml_loss(
       Zhang, Xiang, Hospedales, Lu (2018), Deep Mutual Learning.
     """
     return kd_loss(
-        logits,
-        peer_logits,
-        labels,
-        divergence_name=divergence_name,
+        student_logits=logits,
+        teacher_logits=peer_logits,
+        labels=labels,
+        divergence=divergence,
         temperature=temperature,
         kd_weight=kd_weight,
     )
 
 
 def bdkd_forward_weight(
+    *,
     student_logits: ArrayLike,
     teacher_logits: ArrayLike,
-    *,
     kappa: float = 1.0,
     temperature: float = 1.0,
 ) -> jax.Array:
@@ -164,10 +170,10 @@ def bdkd_forward_weight(
 
 
 def bdkd_student_loss(
+    *,
     student_logits: ArrayLike,
     teacher_logits: ArrayLike,
     labels: ArrayLike,
-    *,
     temperature: float = 4.0,
     kappa: float = 1.0,
     kd_weight: float = 1.0,
@@ -181,21 +187,18 @@ def bdkd_student_loss(
       Amara, Ziaeefard, Meyer, Gross, Clark (2022), BD-KD: Balancing the Divergences for Online
       Knowledge Distillation.
     """
-    w = bdkd_forward_weight(student_logits, teacher_logits, kappa=kappa, temperature=temperature)
-    forward = distillation_term(
-        student_logits, teacher_logits, divergence_name="kl", temperature=temperature
-    )
-    reverse = distillation_term(
-        student_logits, teacher_logits, divergence_name="reverse_kl", temperature=temperature
-    )
+    pair = {"student_logits": student_logits, "teacher_logits": teacher_logits}
+    w = bdkd_forward_weight(**pair, kappa=kappa, temperature=temperature)
+    forward = distillation_term(**pair, divergence="kl", temperature=temperature)
+    reverse = distillation_term(**pair, divergence="reverse_kl", temperature=temperature)
     return cross_entropy(student_logits, labels) + kd_weight * (w * forward + (1.0 - w) * reverse)
 
 
 def bdkd_teacher_loss(
+    *,
     teacher_logits: ArrayLike,
     student_logits: ArrayLike,
     labels: ArrayLike,
-    *,
     temperature: float = 4.0,
     teacher_kd_weight: float = 0.1,
 ) -> jax.Array:
@@ -204,20 +207,20 @@ def bdkd_teacher_loss(
     A small ``lambda_t`` keeps the teacher learning from the labels rather than being pulled toward
     its weaker student.
     """
-    return kd_loss(
-        teacher_logits,
-        student_logits,
-        labels,
-        divergence_name="kl",
+    return kd_loss(  # the roles swap: the teacher is the network trained, the student its target
+        student_logits=teacher_logits,
+        teacher_logits=student_logits,
+        labels=labels,
+        divergence="kl",
         temperature=temperature,
         kd_weight=teacher_kd_weight,
     )
 
 
 def sinkhorn_distillation(
+    *,
     student_logits: ArrayLike,
     teacher_logits: ArrayLike,
-    *,
     temperature: float = 2.0,
     epsilon: float = 0.1,
     num_iters: int = 20,
@@ -245,10 +248,10 @@ def sinkhorn_distillation(
 
 
 def sinkd_loss(
+    *,
     student_logits: ArrayLike,
     teacher_logits: ArrayLike,
     labels: ArrayLike,
-    *,
     alpha: float = 0.9,
     beta: float = 0.8,
     sinkhorn_scale: float = 1e-3,
@@ -274,16 +277,16 @@ def sinkd_loss(
         1.0 if kd_temperature_squared else jnp.square(jnp.asarray(kd_temperature, jnp.float32))
     )
     per_example = kd_loss(
-        student_logits,
-        teacher_logits,
-        labels,
+        student_logits=student_logits,
+        teacher_logits=teacher_logits,
+        labels=labels,
         temperature=kd_temperature,
         kd_weight=alpha / tau_squared,
         ce_weight=1.0 - alpha,
     )
     ot = sinkhorn_distillation(
-        student_logits,
-        teacher_logits,
+        student_logits=student_logits,
+        teacher_logits=teacher_logits,
         temperature=sinkhorn_temperature,
         epsilon=epsilon,
         num_iters=num_iters,
