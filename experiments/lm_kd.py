@@ -175,7 +175,7 @@ def kd_term(config, student, s_params, teacher, t_params, tokens, where, cached=
     else:
         target = hidden_and_weight(teacher, jax.lax.stop_gradient(t_params), tokens)
     return fused.fused_linear_divergence(
-        config.divergence, h_s, w_s, target, temperature=config.temperature, where=where
+        config.divergence, h_s, w_s, target, temperature=config.temperature, mask=where
     )
 
 

@@ -180,13 +180,14 @@ def _check_temperature(temperature):
 
 
 def _row_mask(where, shape):
+    """The boolean row mask ``mask=`` of the fused functions, broadcast to ``shape``."""
     if where is None:
         return jnp.ones(shape, bool)
     where = jnp.asarray(where, bool)
     try:
         return jnp.broadcast_to(where, shape)
     except ValueError as err:
-        raise ValueError(f"where must broadcast to the rows {shape}, got {where.shape}") from err
+        raise ValueError(f"mask must broadcast to the rows {shape}, got {where.shape}") from err
 
 
 def fused_divergence(
@@ -195,7 +196,7 @@ def fused_divergence(
     q_logits: ArrayLike,
     *,
     temperature: float = 1.0,
-    where: ArrayLike | None = None,
+    mask: ArrayLike | None = None,
     chunk_rows: int | None = None,
 ) -> jax.Array:
     r"""``D_f(P || Q)`` per row, ``P = softmax(p / tau)``, ``Q = softmax(q / tau)``, chunked and fused.
@@ -211,7 +212,7 @@ def fused_divergence(
       p_logits: teacher logits ``[..., V]``, or a :class:`TopKTeacher` (``[..., k]``).
       q_logits: student logits ``[..., V]``.
       temperature: ``tau > 0``; logits are divided by it (no ``tau^2`` factor: that is the caller's).
-      where: optional boolean ``[...]`` row mask (ignored tokens get value and gradient 0).
+      mask: optional boolean ``[...]`` row mask (ignored tokens get value and gradient 0).
       chunk_rows: rows per chunk (default: :func:`default_chunk_rows`).
 
     Returns:
@@ -229,7 +230,7 @@ def fused_divergence(
     chunk = default_chunk_rows(vocab) if chunk_rows is None else int(chunk_rows)
     if chunk < 1:
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
-    mask = _row_mask(where, batch).reshape(-1)
+    mask = _row_mask(mask, batch).reshape(-1)
     q2 = q.reshape(-1, vocab)
     if q2.shape[0] == 0:
         return jnp.zeros(batch, jnp.float32)
@@ -383,7 +384,7 @@ def fused_linear_divergence(
     teacher: ArrayLike | TopKTeacher | tuple[ArrayLike, ArrayLike],
     *,
     temperature: float = 1.0,
-    where: ArrayLike | None = None,
+    mask: ArrayLike | None = None,
     reduction: str = "mean",
     chunk_rows: int | None = None,
 ) -> jax.Array:
@@ -401,7 +402,7 @@ def fused_linear_divergence(
       teacher: ``[..., V]`` teacher logits, a :class:`TopKTeacher`, or a pair
         ``(teacher_hidden [..., Ht], teacher_weight [V, Ht])`` whose logits are also formed per chunk.
       temperature: ``tau > 0`` dividing both logits.
-      where: optional boolean ``[...]`` row mask (e.g. padding / prompt tokens excluded).
+      mask: optional boolean ``[...]`` row mask (e.g. padding / prompt tokens excluded).
       reduction: ``"mean"`` over unmasked rows, or ``"sum"``.
       chunk_rows: rows per chunk (default: :func:`linear_chunk_rows`, at least 128 rows: each chunk
         also passes over the whole weight gradient).
@@ -440,7 +441,7 @@ def fused_linear_divergence(
         if t.shape != (*batch, vocab):
             raise ValueError(f"teacher logits must be {(*batch, vocab)}, got {t.shape}")
         t2 = t.reshape(-1, vocab)
-    mask = _row_mask(where, batch).reshape(-1)
+    mask = _row_mask(mask, batch).reshape(-1)
     if h2.shape[0] == 0:
         return jnp.zeros((), jnp.float32)
     scale = _mean_scale if reduction == "mean" else _sum_scale

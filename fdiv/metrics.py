@@ -1,7 +1,7 @@
 r"""Classifier metrics from logits (accuracy, NLL, ECE, agreement) and sample-quality metrics.
 
 All take logits ``[B, C]`` (log space in; never probabilities) and an optional example mask
-``where`` (``[B]`` booleans, ``False`` examples are left out, e.g. the padding of the last
+``mask`` (``[B]`` booleans, ``False`` examples are left out, e.g. the padding of the last
 evaluation batch), and return a scalar mean over the kept examples. A mask that keeps no example
 gives 0 (not NaN), so per-batch values can be combined weighted by their counts. Computation is in
 float32 for bfloat16 / float16 logits (float64 for float64), and results are returned in that
@@ -71,7 +71,7 @@ class CalibrationBins(NamedTuple):
 
 
 def _prepare(logits: ArrayLike, where: ArrayLike | None, name: str = "logits"):
-    """Logits in the computation dtype and a float mask ``[B]`` (ones when ``where`` is None)."""
+    """Logits in the computation dtype and a float mask ``[B]`` (ones when ``mask=`` is None)."""
     logits = jnp.asarray(logits)
     chex.assert_rank(logits, 2, custom_message=f"{name} must have shape [B, C]")
     if not jnp.issubdtype(logits.dtype, jnp.floating):
@@ -82,7 +82,7 @@ def _prepare(logits: ArrayLike, where: ArrayLike | None, name: str = "logits"):
         mask = jnp.ones(logits.shape[:1], dtype)
     else:
         where = jnp.asarray(where)
-        chex.assert_shape(where, logits.shape[:1], custom_message="where must have shape [B]")
+        chex.assert_shape(where, logits.shape[:1], custom_message="mask must have shape [B]")
         mask = where.astype(bool).astype(dtype)
     return logits, mask
 
@@ -102,7 +102,7 @@ def _masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
     return jnp.where(count > 0, total / jnp.maximum(count, 1.0), 0.0)
 
 
-def accuracy(logits: ArrayLike, labels: ArrayLike, *, where: ArrayLike | None = None) -> jax.Array:
+def accuracy(logits: ArrayLike, labels: ArrayLike, *, mask: ArrayLike | None = None) -> jax.Array:
     r"""Top-1 accuracy ``mean_i [argmax_c logits_ic == labels_i]`` over the kept examples.
 
     Ties in the logits go to the lowest class index (``argmax``'s rule).
@@ -110,7 +110,7 @@ def accuracy(logits: ArrayLike, labels: ArrayLike, *, where: ArrayLike | None = 
     Args:
       logits: ``[B, C]``.
       labels: ``[B]`` integer class indices in ``[0, C)``.
-      where: optional ``[B]`` boolean mask of the examples to keep (default: all).
+      mask: optional ``[B]`` boolean mask of the examples to keep (default: all).
 
     Returns:
       ``[]``: the accuracy in ``[0, 1]``; 0 when no example is kept.
@@ -118,13 +118,13 @@ def accuracy(logits: ArrayLike, labels: ArrayLike, *, where: ArrayLike | None = 
     References:
       Any textbook; e.g. Murphy, "Probabilistic Machine Learning: An Introduction" (2022), 5.1.
     """
-    logits, mask = _prepare(logits, where)
+    logits, mask = _prepare(logits, mask)
     labels = _labels(labels, logits.shape[0])
     correct = (jnp.argmax(logits, axis=-1) == labels).astype(logits.dtype)
     return _masked_mean(correct, mask)
 
 
-def nll(logits: ArrayLike, labels: ArrayLike, *, where: ArrayLike | None = None) -> jax.Array:
+def nll(logits: ArrayLike, labels: ArrayLike, *, mask: ArrayLike | None = None) -> jax.Array:
     r"""Mean negative log-likelihood ``mean_i -log softmax(logits_i)[labels_i]`` (cross-entropy, nats).
 
     Computed from ``log_softmax`` (no ``log(p + eps)``): ``-inf`` logits in the other classes
@@ -133,7 +133,7 @@ def nll(logits: ArrayLike, labels: ArrayLike, *, where: ArrayLike | None = None)
     Args:
       logits: ``[B, C]``.
       labels: ``[B]`` integer class indices in ``[0, C)``.
-      where: optional ``[B]`` boolean mask of the examples to keep (default: all). Left-out
+      mask: optional ``[B]`` boolean mask of the examples to keep (default: all). Left-out
         examples may hold anything (NaN logits, label -1): they do not reach the value.
 
     Returns:
@@ -142,7 +142,7 @@ def nll(logits: ArrayLike, labels: ArrayLike, *, where: ArrayLike | None = None)
     References:
       Murphy, "Probabilistic Machine Learning: An Introduction" (2022), 4.2.
     """
-    logits, mask = _prepare(logits, where)
+    logits, mask = _prepare(logits, mask)
     labels = _labels(labels, logits.shape[0])
     log_p, _ = nx.log_softmax_and_softmax(logits)
     safe_labels = jnp.clip(labels, 0, logits.shape[-1] - 1)
@@ -155,7 +155,7 @@ def expected_calibration_error(
     labels: ArrayLike,
     *,
     num_bins: int = 15,
-    where: ArrayLike | None = None,
+    mask: ArrayLike | None = None,
 ) -> tuple[jax.Array, CalibrationBins]:
     r"""Expected calibration error ``ECE = sum_b (n_b / n) |acc_b - conf_b|`` with equal-width bins.
 
@@ -174,7 +174,7 @@ def expected_calibration_error(
       logits: ``[B, C]``.
       labels: ``[B]`` integer class indices in ``[0, C)``.
       num_bins: number of equal-width bins, a Python int ``>= 1``.
-      where: optional ``[B]`` boolean mask of the examples to keep (default: all).
+      mask: optional ``[B]`` boolean mask of the examples to keep (default: all).
 
     Returns:
       ``(ece [], bins)``: the ECE in ``[0, 1]`` (0 when no example is kept) and the per-bin
@@ -186,7 +186,7 @@ def expected_calibration_error(
       Networks" (ICML 2017).
     """
     num_bins = nx.positive_int("num_bins", num_bins)
-    logits, mask = _prepare(logits, where)
+    logits, mask = _prepare(logits, mask)
     labels = _labels(labels, logits.shape[0])
     dtype = logits.dtype
 
@@ -217,14 +217,14 @@ def expected_calibration_error(
 
 
 def agreement(
-    logits_a: ArrayLike, logits_b: ArrayLike, *, where: ArrayLike | None = None
+    logits_a: ArrayLike, logits_b: ArrayLike, *, mask: ArrayLike | None = None
 ) -> jax.Array:
     r"""Top-1 agreement ``mean_i [argmax_c a_ic == argmax_c b_ic]`` (e.g. student vs teacher).
 
     Args:
       logits_a: ``[B, C]``.
       logits_b: ``[B, C]``.
-      where: optional ``[B]`` boolean mask of the examples to keep (default: all).
+      mask: optional ``[B]`` boolean mask of the examples to keep (default: all).
 
     Returns:
       ``[]``: the fraction of kept examples with the same predicted class; 0 when none is kept.
@@ -232,7 +232,7 @@ def agreement(
     References:
       Stanton et al., "Does Knowledge Distillation Really Work?" (NeurIPS 2021), top-1 agreement.
     """
-    logits_a, mask = _prepare(logits_a, where, "logits_a")
+    logits_a, mask = _prepare(logits_a, mask, "logits_a")
     logits_b, _ = _prepare(logits_b, None, "logits_b")
     chex.assert_equal_shape(
         [logits_a, logits_b], custom_message="logits_a and logits_b must have the same shape"

@@ -121,7 +121,7 @@ def test_default_chunk_rows_and_leading_dims():
     p = jnp.asarray(r.standard_normal((2, 3, 7, V)), jnp.float32)
     q = jnp.asarray(r.standard_normal((2, 3, 7, V)), jnp.float32)
     mask = jnp.asarray(r.random((2, 3, 7)) < 0.7)
-    got = fused_divergence("js", p, q, temperature=TAU, where=mask)
+    got = fused_divergence("js", p, q, temperature=TAU, mask=mask)
     want = jnp.where(mask, fdiv.divergence("js", p / TAU, q / TAU), 0.0)
     assert got.shape == (2, 3, 7)
     assert_close(got, want)
@@ -174,7 +174,7 @@ def test_zero_classes_and_row_mask(case_id):
 
     def run(p, q):
         plain = fused_divergence(g, p, q, temperature=TAU, chunk_rows=7)
-        fn = lambda p, q: fused_divergence(g, p, q, temperature=TAU, where=where, chunk_rows=7)
+        fn = lambda p, q: fused_divergence(g, p, q, temperature=TAU, mask=where, chunk_rows=7)
         return plain, *vjp_both(fn, p, q, ROW_WEIGHTS)
 
     plain, vals, gp, gq = run_jit(run, p, q)
@@ -263,7 +263,7 @@ def test_topk_teacher_matches_coarsened_reference(case_id):
     mask = _rng(5).random(N) < 0.8
 
     def run(teacher, q):
-        fn = lambda q: fused_divergence(g, teacher, q, temperature=TAU, where=mask, chunk_rows=7)
+        fn = lambda q: fused_divergence(g, teacher, q, temperature=TAU, mask=mask, chunk_rows=7)
         vals, pullback = jax.vjp(fn, q)
         return vals, pullback(ROW_WEIGHTS)[0]
 
@@ -402,7 +402,7 @@ def test_linear_matches_autodiff_composition(case_id, teacher_kind, reduction):
 
     def run(hidden, weight, teacher):
         fused = lambda h, w: fused_linear_divergence(
-            g, h, w, teacher, temperature=TAU, where=mask, reduction=reduction, chunk_rows=chunk
+            g, h, w, teacher, temperature=TAU, mask=mask, reduction=reduction, chunk_rows=chunk
         )
         ref = lambda h, w: reference_linear_loss(g, h, w, teacher_kind, teacher, mask, reduction)
         return [jax.value_and_grad(fn, argnums=(0, 1))(hidden, weight) for fn in (fused, ref)]
@@ -423,7 +423,7 @@ def test_linear_teacher_gets_no_gradient_and_partial_grads():
     hidden, weight, t_hidden, t_weight, mask = linear_inputs()
     t_logits = t_hidden @ t_weight.T
     t_logits = t_hidden @ t_weight.T
-    kw = dict(temperature=TAU, where=mask, chunk_rows=6)
+    kw = dict(temperature=TAU, mask=mask, chunk_rows=6)
     js = generators.get("js")
 
     def run(hidden, weight, t_hidden, t_weight, t_logits):
@@ -437,7 +437,7 @@ def test_linear_teacher_gets_no_gradient_and_partial_grads():
             "d pair": jax.grad(pair, (0, 1))(t_hidden, t_weight),
             "d hidden": (jax.grad(fused, 0)(hidden, weight, t_logits), jax.grad(ref, 0)(hidden, weight)),
             "d weight": (jax.grad(fused, 1)(hidden, weight, t_logits), jax.grad(ref, 1)(hidden, weight)),
-            "no rows": fused_linear_divergence(js, hidden, weight, t_logits, where=no_rows),
+            "no rows": fused_linear_divergence(js, hidden, weight, t_logits, mask=no_rows),
             "batch dims": (
                 fused_linear_divergence(js, h3, weight, t3, temperature=TAU, chunk_rows=4),
                 reference_linear_loss(
@@ -483,7 +483,7 @@ def test_vmap_over_leading_axis():
     kl = generators.get("kl")
 
     def run(p, q, mask, teacher):
-        fused = lambda p, q, m: fused_divergence("js", p, q, temperature=TAU, where=m, chunk_rows=7)
+        fused = lambda p, q, m: fused_divergence("js", p, q, temperature=TAU, mask=m, chunk_rows=7)
         loss = lambda p, q, m: jnp.sum(ROW_WEIGHTS * fused(p, q, m))
         ref = lambda q: jnp.where(mask, fdiv.divergence("js", p / TAU, q / TAU), 0.0)
         topk = lambda t, q: fused_divergence(kl, t, q, temperature=TAU, chunk_rows=7)

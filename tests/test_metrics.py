@@ -102,7 +102,7 @@ def test_ece_hand_example(maybe_jit):
 
 def test_ece_hand_example_masked(maybe_jit):
     where = np.array([True, True, True, True, True, False])
-    fn = maybe_jit(lambda l, y, w: metrics.expected_calibration_error(l, y, num_bins=4, where=w))
+    fn = maybe_jit(lambda l, y, w: metrics.expected_calibration_error(l, y, num_bins=4, mask=w))
     ece, bins = fn(HAND_LOGITS, HAND_LABELS, where)
     assert float(ece) == pytest.approx(169 / 420, abs=1e-6)
     np.testing.assert_array_equal(bins.counts, [1, 2, 1, 1])
@@ -133,7 +133,7 @@ def test_ece_matches_numpy_loop(num_bins, use_mask, maybe_jit):
     where = rng.uniform(size=300) < 0.7 if use_mask else None
     want, counts, accs, confs = np_ece(logits, labels, num_bins, where)
     fn = maybe_jit(metrics.expected_calibration_error)
-    ece, bins = fn(logits, labels, num_bins=num_bins, where=where)
+    ece, bins = fn(logits, labels, num_bins=num_bins, mask=where)
     assert float(ece) == pytest.approx(want, abs=1e-6)
     np.testing.assert_array_equal(bins.counts, counts)
     np.testing.assert_allclose(bins.accuracy, accs, atol=1e-6)
@@ -186,7 +186,7 @@ def test_accuracy_matches_numpy(maybe_jit):
     correct = logits.argmax(-1) == labels
     fn = maybe_jit(metrics.accuracy)
     assert float(fn(logits, labels)) == pytest.approx(correct.mean(), abs=1e-7)
-    assert float(fn(logits, labels, where=where)) == pytest.approx(correct[where].mean(), abs=1e-7)
+    assert float(fn(logits, labels, mask=where)) == pytest.approx(correct[where].mean(), abs=1e-7)
 
 
 def test_nll_matches_scipy(maybe_jit):
@@ -196,7 +196,7 @@ def test_nll_matches_scipy(maybe_jit):
     ]
     fn = maybe_jit(metrics.nll)
     assert float(fn(logits, labels)) == pytest.approx(per_example.mean(), rel=1e-6)
-    assert float(fn(logits, labels, where=where)) == pytest.approx(
+    assert float(fn(logits, labels, mask=where)) == pytest.approx(
         per_example[where].mean(), rel=1e-6
     )
 
@@ -236,26 +236,26 @@ def test_mask_ignores_garbage_in_padding(maybe_jit):
     where = np.arange(13) < 10
     for name in ["accuracy", "nll"]:
         fn = maybe_jit(getattr(metrics, name))
-        assert float(fn(padded, padded_labels, where=where)) == pytest.approx(
+        assert float(fn(padded, padded_labels, mask=where)) == pytest.approx(
             float(fn(logits, labels)), rel=1e-6
         )
     ece_fn = maybe_jit(metrics.expected_calibration_error)
-    got, got_bins = ece_fn(padded, padded_labels, num_bins=5, where=where)
+    got, got_bins = ece_fn(padded, padded_labels, num_bins=5, mask=where)
     want, want_bins = ece_fn(logits, labels, num_bins=5)
     assert float(got) == pytest.approx(float(want), abs=1e-7)
     np.testing.assert_array_equal(got_bins.counts, want_bins.counts)
     np.testing.assert_allclose(got_bins.confidence, want_bins.confidence, atol=1e-7)
-    agree = maybe_jit(metrics.agreement)(padded, padded, where=where)
+    agree = maybe_jit(metrics.agreement)(padded, padded, mask=where)
     assert float(agree) == 1.0
 
 
 def test_empty_mask_gives_zero():
     logits, labels, _ = _data(5, b=4)
     none = np.zeros(4, bool)
-    assert float(metrics.accuracy(logits, labels, where=none)) == 0.0
-    assert float(metrics.nll(logits, labels, where=none)) == 0.0
-    assert float(metrics.agreement(logits, logits, where=none)) == 0.0
-    ece, bins = metrics.expected_calibration_error(logits, labels, where=none)
+    assert float(metrics.accuracy(logits, labels, mask=none)) == 0.0
+    assert float(metrics.nll(logits, labels, mask=none)) == 0.0
+    assert float(metrics.agreement(logits, logits, mask=none)) == 0.0
+    ece, bins = metrics.expected_calibration_error(logits, labels, mask=none)
     assert float(ece) == 0.0 and int(bins.counts.sum()) == 0
 
 
@@ -267,7 +267,7 @@ def test_agreement_matches_numpy(maybe_jit):
     assert 0.2 < same.mean() < 0.95  # a non-trivial case
     fn = maybe_jit(metrics.agreement)
     assert float(fn(logits_a, logits_b)) == pytest.approx(same.mean(), abs=1e-7)
-    assert float(fn(logits_a, logits_b, where=where)) == pytest.approx(same[where].mean(), abs=1e-7)
+    assert float(fn(logits_a, logits_b, mask=where)) == pytest.approx(same[where].mean(), abs=1e-7)
     assert float(fn(logits_a, logits_a)) == 1.0
 
 
@@ -293,7 +293,7 @@ def test_bad_inputs():
     with pytest.raises(AssertionError):
         metrics.accuracy(logits[0], labels)  # rank 1 logits
     with pytest.raises(AssertionError):
-        metrics.accuracy(logits, labels, where=np.ones(4, bool))
+        metrics.accuracy(logits, labels, mask=np.ones(4, bool))
     with pytest.raises(AssertionError):
         metrics.agreement(logits, logits[:, :3])
 

@@ -219,19 +219,19 @@ def test_fdpg_loss_terms_and_mask():
     keep = jnp.array([True, False, True, False])
     bad = jnp.array([0.0, jnp.nan, 0.0, jnp.inf])
     masked, mterms = po.fdpg_loss(log_pi + bad, log_p, divergence="forward_kl", baseline=0.5,
-                                  log_proposal=log_q, where=keep)  # fmt: skip
+                                  log_proposal=log_q, mask=keep)  # fmt: skip
     subset, _ = po.fdpg_loss(log_pi[::2], log_p[::2], divergence="forward_kl", baseline=0.5,
                              log_proposal=log_q[::2])  # fmt: skip
     np.testing.assert_allclose(masked, subset, rtol=1e-6)
     assert np.all(np.isfinite(mterms.pseudo_reward))
-    g = jax.grad(lambda lp: po.fdpg_loss(lp, log_p, divergence="js", where=keep)[0])(log_pi + bad)
+    g = jax.grad(lambda lp: po.fdpg_loss(lp, log_p, divergence="js", mask=keep)[0])(log_pi + bad)
     assert np.all(np.isfinite(g)) and g[1] == 0 and g[3] == 0
-    empty, _ = po.fdpg_loss(log_pi, log_p, divergence="js", where=jnp.zeros(4, bool))
+    empty, _ = po.fdpg_loss(log_pi, log_p, divergence="js", mask=jnp.zeros(4, bool))
     assert empty == 0
     # jit-able, with the divergence static.
     jitted = jax.jit(po.fdpg_loss, static_argnames="divergence")
     value, jterms = jitted(log_pi + bad, log_p, divergence="forward_kl", baseline=0.5,
-                           log_proposal=log_q, where=keep)  # fmt: skip
+                           log_proposal=log_q, mask=keep)  # fmt: skip
     np.testing.assert_allclose(value, masked, rtol=1e-6)
     np.testing.assert_allclose(jterms.importance_weight, mterms.importance_weight, rtol=1e-6)
     # A proposal sample that pi cannot produce (pi(y) = 0) has weight 0 and adds nothing.
@@ -275,7 +275,7 @@ def test_partition_edge_cases():
     # Z_hat = (0 + 0 + 0 + 1/0.5 + 0) / 5
     np.testing.assert_allclose(po.partition_log_z(est), math.log(2 / 5), rtol=1e-6)
     masked = po.partition_update(
-        est, jnp.array([5.0, jnp.nan]), jnp.array([0.0, 0.0]), where=jnp.array([False, False])
+        est, jnp.array([5.0, jnp.nan]), jnp.array([0.0, 0.0]), mask=jnp.array([False, False])
     )
     assert masked.count == 5 and masked.log_sum == est.log_sum
 
@@ -328,7 +328,7 @@ def test_dph_penalty_hand_values_and_mask():
     log_pi = jnp.array([[0.0, -3.0, 7.0]])
     keep = jnp.array([[True, True, False]])
     want = ((math.e - 2.0) + (math.exp(-2.0) - 1.0 + 2.0)) / 2
-    penalty = value_and_grad_of_sum(lambda x: po.dph_penalty(x, log_pi0, where=keep))
+    penalty = value_and_grad_of_sum(lambda x: po.dph_penalty(x, log_pi0, mask=keep))
     got, _ = penalty(log_pi)
     np.testing.assert_allclose(got, [want], rtol=1e-6)
     # A padded token with garbage (NaN) changes neither the value nor the gradient.
@@ -337,12 +337,12 @@ def test_dph_penalty_hand_values_and_mask():
     # d/dlog u (u - 1 - log u) = u - 1, over 2 kept tokens.
     np.testing.assert_allclose(grad, [[(math.e - 1) / 2, (math.exp(-2.0) - 1) / 2, 0.0]], 1e-6)
     # A row with no kept token gives 0 (and no NaN).
-    none = po.dph_penalty(log_pi, log_pi0, where=jnp.zeros((1, 3), bool))
+    none = po.dph_penalty(log_pi, log_pi0, mask=jnp.zeros((1, 3), bool))
     assert none[0] == 0
     # JS: the catalog f, half the DPH-RL paper's u log u - (u + 1) log((u + 1)/2).
     u = math.e
     half_paper = 0.5 * (u * math.log(u) - (u + 1) * math.log((u + 1) / 2))
-    got = po.dph_penalty(log_pi, log_pi0, divergence="js", where=keep.at[0, 1].set(False))
+    got = po.dph_penalty(log_pi, log_pi0, divergence="js", mask=keep.at[0, 1].set(False))
     np.testing.assert_allclose(got, [half_paper], rtol=1e-6)
 
 
@@ -370,7 +370,7 @@ def test_dph_penalty_gradients_match_finite_differences(name):
         log_pi0 = jnp.asarray(rng.normal(-2.0, 1.5, size=(3, 5)))
         keep = jnp.asarray(rng.random((3, 5)) < 0.7).at[:, 0].set(True)
         check_grads(
-            jax.jit(lambda x: po.dph_penalty(x, log_pi0, divergence=name, where=keep)),
+            jax.jit(lambda x: po.dph_penalty(x, log_pi0, divergence=name, mask=keep)),
             (log_pi,),
             order=1,
             modes=("rev",),
@@ -421,7 +421,7 @@ def test_grpo_on_policy_gradient():
     adv = jnp.array([1.5, -0.5, 0.0, 2.0])
     keep = jnp.asarray(np.arange(5) < np.array([[5], [3], [1], [4]]))
     count = np.asarray(keep).sum(axis=1, keepdims=True)
-    loss, grad = value_and_grad_of_sum(lambda x: po.grpo_loss(x, adv, where=keep))(log_pi)
+    loss, grad = value_and_grad_of_sum(lambda x: po.grpo_loss(x, adv, mask=keep))(log_pi)
     np.testing.assert_allclose(loss, -adv, rtol=1e-6)
     np.testing.assert_allclose(grad, -np.asarray(adv)[:, None] * np.asarray(keep) / count, 1e-6)
 
@@ -479,7 +479,7 @@ def test_grpo_gradient_matches_finite_differences_and_hostile_ratios():
         adv = jnp.array([1.0, -0.7, 0.3])
         keep = jnp.array([[True] * 4, [True, True, False, True], [True] * 4])
         check_grads(
-            jax.jit(lambda x: po.grpo_loss(x, adv, old_log_pi_tokens=old, where=keep)),
+            jax.jit(lambda x: po.grpo_loss(x, adv, old_log_pi_tokens=old, mask=keep)),
             (log_pi,),
             order=1,
             modes=("rev",),

@@ -200,6 +200,7 @@ def test_check_loss_grads_holds_integer_arguments_fixed():
 def test_check_outputs_passes_and_returns_the_output():
     student, teacher = RNG.normal(size=(2, 4, 5)).astype(np.float32)
     labels = np.array([0, 1, 2, 3])
+
     def loss(s, t, y):
         return kd.kd_loss(student_logits=s, teacher_logits=t, labels=y, temperature=2.0)
 

@@ -103,7 +103,7 @@ class DivergenceVariantsTest(chex.TestCase):
     def test_fused_divergence(self, name):
         """Temperature and a row mask: tau-softened reference on kept rows, 0 elsewhere."""
         rows = np.array([True, False, True, True])
-        fn = lambda a, b: fdiv.fused.fused_divergence(name, a, b, temperature=2.0, where=rows)
+        fn = lambda a, b: fdiv.fused.fused_divergence(name, a, b, temperature=2.0, mask=rows)
         got = self.variant(fn)(P_LOGITS, Q_LOGITS)
         chex.assert_shape(got, (B,))
         chex.assert_type(got, jnp.float32)
@@ -215,7 +215,7 @@ class LossVariantsTest(chex.TestCase):
         adv = rng.normal(size=B).astype(np.float32)
         keep = rng.random(size=(B, 5)) < 0.8
         keep[:, 0] = True
-        fn = lambda x, o, a: policy.grpo_loss(x, a, old_log_pi_tokens=o, where=keep)
+        fn = lambda x, o, a: policy.grpo_loss(x, a, old_log_pi_tokens=o, mask=keep)
         rho = np.exp(log_pi.astype(np.float64) - old)
         a64 = adv.astype(np.float64)[:, None]
         objective = np.minimum(rho * a64, np.clip(rho, 0.8, 1.2) * a64)

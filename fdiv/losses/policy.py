@@ -194,7 +194,7 @@ def fdpg_loss(
     divergence: str | gen.Generator,
     baseline: ArrayLike = 0.0,
     log_proposal: ArrayLike | None = None,
-    where: ArrayLike | None = None,
+    mask: ArrayLike | None = None,
 ) -> tuple[jax.Array, FDPGTerms]:
     r"""f-DPG surrogate loss (a scalar) whose gradient estimates ``grad D_f(pi_theta || p)``.
 
@@ -213,7 +213,7 @@ def fdpg_loss(
       divergence: an alignment name (``"forward_kl"`` is DPG), a catalog name or a generator.
       baseline: a constant ``b`` (scalar or ``[B]``, e.g. a :func:`moving_average` of ``R``).
       log_proposal: ``[B]`` ``log q(y_i)`` when the samples come from a proposal ``q``.
-      where: ``[B]`` booleans; ``False`` samples are left out (the mean is over kept ones).
+      mask: ``[B]`` booleans; ``False`` samples are left out (the mean is over kept ones).
 
     Returns:
       ``(loss, FDPGTerms(pseudo_reward, advantage, importance_weight))``; the loss is a scalar,
@@ -228,7 +228,7 @@ def fdpg_loss(
     arrays = [log_pi, log_target, baseline] + ([] if log_proposal is None else [log_proposal])
     arrays = nx.in_compute_dtype(*arrays)
     log_pi, log_target, baseline = arrays[:3]
-    keep = _mask(where, log_pi.shape)
+    keep = _mask(mask, log_pi.shape)
     log_pi = jnp.where(keep, log_pi, 0.0)
     fixed = jax.lax.stop_gradient(log_pi)
     log_target = jnp.where(keep, jax.lax.stop_gradient(log_target), 0.0)
@@ -275,7 +275,7 @@ def partition_update(
     log_unnormalized: ArrayLike,
     log_proposal: ArrayLike,
     *,
-    where: ArrayLike | None = None,
+    mask: ArrayLike | None = None,
 ) -> PartitionEstimate:
     r"""Add a batch ``y_i ~ q``: ``log_sum <- logaddexp(log_sum, logsumexp(log P - log q))``.
 
@@ -286,7 +286,7 @@ def partition_update(
       estimate: the running :class:`PartitionEstimate`.
       log_unnormalized: ``[B]`` ``log P(y_i)``.
       log_proposal: ``[B]`` ``log q(y_i)`` of the distribution the samples were drawn from.
-      where: ``[B]`` booleans; ``False`` samples are not counted.
+      mask: ``[B]`` booleans; ``False`` samples are not counted.
 
     Returns:
       The updated estimate.
@@ -294,7 +294,7 @@ def partition_update(
     log_sum, count, log_p, log_q = nx.in_compute_dtype(
         estimate.log_sum, estimate.count, log_unnormalized, log_proposal
     )
-    keep = _mask(where, log_p.shape)
+    keep = _mask(mask, log_p.shape)
     absent = (log_p == -jnp.inf) | ~keep
     log_ratio = jnp.where(absent, -jnp.inf, jnp.where(absent, 0.0, log_p) - log_q)
     batch = jax.nn.logsumexp(log_ratio) if log_ratio.size else jnp.array(-jnp.inf, log_sum.dtype)
@@ -341,7 +341,7 @@ def dph_penalty(
     log_pi0_tokens: ArrayLike,
     *,
     divergence: str | gen.Generator = "forward_kl",
-    where: ArrayLike | None = None,
+    mask: ArrayLike | None = None,
     log_ratio_clip: float | None = None,
     value_clip: float | None = None,
 ) -> jax.Array:
@@ -359,7 +359,7 @@ def dph_penalty(
       log_pi_tokens: ``[B, T]`` token log-probs of the stored sequences under ``pi_theta``.
       log_pi0_tokens: ``[B, T]`` the stored token log-probs under ``pi_0`` (no gradient).
       divergence: an alignment name (default ``"forward_kl"``), a catalog name or a generator.
-      where: ``[B, T]`` booleans; ``False`` tokens (padding) are left out.
+      mask: ``[B, T]`` booleans; ``False`` tokens (padding) are left out.
       log_ratio_clip: ``a > 0``: ``log u`` clipped to ``[-a, a]`` first (no gradient beyond).
       value_clip: ``b > 0``: each token's ``g_c`` clipped to ``[-b, b]`` (no gradient beyond).
         DPH-RL's code clips its forward-KL term (``a = 20``, ``b = 10``, verl's ``low_var_kl``);
@@ -374,7 +374,7 @@ def dph_penalty(
     """
     g = alignment_generator(divergence)
     log_pi, log_pi0 = nx.in_compute_dtype(log_pi_tokens, log_pi0_tokens)
-    keep = _mask(where, jnp.broadcast_shapes(log_pi.shape, log_pi0.shape))
+    keep = _mask(mask, jnp.broadcast_shapes(log_pi.shape, log_pi0.shape))
     log_u = jnp.where(keep, log_pi - jax.lax.stop_gradient(log_pi0), 0.0)
     if log_ratio_clip is not None:
         nx.check_hyperparameter("log_ratio_clip", log_ratio_clip, lambda a: a > 0, "> 0")
@@ -434,7 +434,7 @@ def grpo_loss(
     clip_epsilon: float = 0.2,
     clip_epsilon_high: float | None = None,
     dual_clip: float | None = None,
-    where: ArrayLike | None = None,
+    mask: ArrayLike | None = None,
 ) -> jax.Array:
     r"""Clipped policy-gradient loss per sequence, ``-mean_t min(rho_t A, clip(rho_t, 1 - e, 1 + e_h) A)``.
 
@@ -455,7 +455,7 @@ def grpo_loss(
       clip_epsilon_high: ``e_h > 0``, the upper clip ``1 + e_h`` (DAPO's "clip-higher", e.g.
         0.28); ``None`` is ``e``.
       dual_clip: ``c > 1`` or ``None`` (no dual clip).
-      where: ``[B, T]`` booleans; ``False`` tokens (padding) are left out.
+      mask: ``[B, T]`` booleans; ``False`` tokens (padding) are left out.
 
     Returns:
       ``[B]``; 0 for a row without kept tokens.
@@ -479,7 +479,7 @@ def grpo_loss(
     adv = jax.lax.stop_gradient(adv)
     if adv.ndim == log_pi.ndim - 1:
         adv = adv[..., None]
-    keep = _mask(where, log_pi.shape)
+    keep = _mask(mask, log_pi.shape)
     log_ratio = jnp.where(keep, log_pi - jax.lax.stop_gradient(old), 0.0)
     high = clip_epsilon if clip_epsilon_high is None else clip_epsilon_high
     lo, hi = jnp.log1p(-clip_epsilon), jnp.log1p(high)
