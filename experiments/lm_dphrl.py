@@ -250,8 +250,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                 share = np.array_split(np.arange(config.train.batch_size), M)[m]
                 logits0 = module.apply({"params": policy}, batch["context"][share], batch["tokens"][share])  # fmt: skip
                 penalty = policy_losses.dph_penalty(
-                    sampling.token_log_probs(logits0, batch["tokens"][share]),
-                    batch["log_prob"][share],
+                    log_pi_tokens=sampling.token_log_probs(logits0, batch["tokens"][share]),
+                    log_pi0_tokens=batch["log_prob"][share],
                     divergence=generator,
                     **penalty_clip,
                 )

@@ -108,8 +108,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         )
         log_z = policy_losses.partition_log_z(estimate)
         loss, terms = policy_losses.fdpg_loss(
-            log_pi,
-            log_p_unnorm - log_z,
+            log_pi=log_pi,
+            log_target=log_p_unnorm - log_z,
             divergence=generator,
             baseline=stats["baseline"],
             log_proposal=log_q if config.proposal_every else None,

@@ -83,7 +83,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         )
         pw, pl = jnp.split(logp, 2)
         losses = preference.fdpo_loss(
-            pw, pl, batch["ref_chosen"], batch["ref_rejected"], **loss_kwargs
+            policy_chosen=pw,
+            policy_rejected=pl,
+            reference_chosen=batch["ref_chosen"],
+            reference_rejected=batch["ref_rejected"],
+            **loss_kwargs,
         )
         return jnp.mean(losses), ({}, {"margin": jnp.mean(pw - pl)})
 
@@ -119,8 +123,8 @@ def evaluate(config, log_pi, log_ref, reward, eval_a, eval_b, eval_label) -> dic
     out["exact/entropy"] = lm.entropy(log_pi)
     out["exact/kl_to_reference"] = lm.kl(log_pi, log_ref)
     z = preference.fdpo_logits(
-        jnp.asarray(log_pi[eval_a]), jnp.asarray(log_pi[eval_b]),
-        jnp.asarray(log_ref[eval_a]), jnp.asarray(log_ref[eval_b]),
+        policy_chosen=jnp.asarray(log_pi[eval_a]), policy_rejected=jnp.asarray(log_pi[eval_b]),
+        reference_chosen=jnp.asarray(log_ref[eval_a]), reference_rejected=jnp.asarray(log_ref[eval_b]),
         beta=config.beta, divergence=config.divergence, alpha=config.alpha,
     )  # fmt: skip
     two_class = jnp.stack([jnp.zeros_like(z), z], axis=-1)  # softmax(.)[1] = sigmoid(z) = P(a > b)

@@ -45,7 +45,7 @@ def divergence(
     squared Hellinger, triangular: e.g. JS = log 2 at disjoint supports). Gradients at ``-inf``
     logits are exactly 0 wherever the value is finite. Each term ``q f_n(p/q)`` with
     ``f_n(u) = f(u) - f'(1)(u - 1) >= 0`` is non-negative, so the result is never below 0.
-    bfloat16 / float16 inputs are computed in float32 and returned in the input dtype.
+    bfloat16 / float16 inputs are computed and returned in float32 (the package's dtype rule).
     Temperature is the caller's: pass ``logits / tau``.
 
     Value and gradient come from one fused pass (a ``custom_jvp``); KL, reverse KL and JS use
@@ -63,7 +63,8 @@ def divergence(
         To drop whole examples (padding tokens), reduce the per-example output with your own mask.
 
     Returns:
-      ``[...]``: the divergence per example (the class axis removed), in the input dtype; NaN for
+      ``[...]``: the divergence per example (the class axis removed), in float32 (float64 for float64
+      logits); NaN for
       a row where P or Q has no class at all (every logit ``-inf``, as ``jax.nn.log_softmax``), with
       gradient 0 there.
 
@@ -87,7 +88,7 @@ def divergence(
         ) from err
     if not shape:
         raise ValueError("divergence: logits need a class axis; got scalars")
-    out_dtype = nx.output_dtype(p_logits, q_logits)
+    out_dtype = nx.compute_dtype(p_logits, q_logits)
     dtype = nx.compute_dtype(p_logits, q_logits)
     p_logits = jnp.broadcast_to(p_logits.astype(dtype), shape)
     q_logits = jnp.broadcast_to(q_logits.astype(dtype), shape)
@@ -131,7 +132,7 @@ def gaussian_kl_diag(
     mean_p, log_var_p, mean_q, log_var_q = (
         jnp.asarray(a) for a in (mean_p, log_var_p, mean_q, log_var_q)
     )
-    out_dtype = nx.output_dtype(mean_p, log_var_p, mean_q, log_var_q)
+    out_dtype = nx.compute_dtype(mean_p, log_var_p, mean_q, log_var_q)
     dtype = nx.compute_dtype(mean_p, log_var_p, mean_q, log_var_q)
     mean_p, log_var_p, mean_q, log_var_q = (
         a.astype(dtype) for a in (mean_p, log_var_p, mean_q, log_var_q)
@@ -167,7 +168,7 @@ def gaussian_kl(
     batch = jnp.broadcast_shapes(
         mean_p.shape[:-1], mean_q.shape[:-1], cov_p.shape[:-2], cov_q.shape[:-2]
     )
-    out_dtype = nx.output_dtype(mean_p, cov_p, mean_q, cov_q)
+    out_dtype = nx.compute_dtype(mean_p, cov_p, mean_q, cov_q)
     dtype = nx.compute_dtype(mean_p, cov_p, mean_q, cov_q)
     chol_p = jnp.broadcast_to(jnp.linalg.cholesky(cov_p.astype(dtype)), (*batch, dim, dim))
     chol_q = jnp.broadcast_to(jnp.linalg.cholesky(cov_q.astype(dtype)), (*batch, dim, dim))
@@ -214,7 +215,7 @@ def monte_carlo_divergence(
     """
     g = gen.resolve(divergence)
     log_ratio = jnp.asarray(log_ratio)
-    out_dtype = nx.output_dtype(log_ratio)
+    out_dtype = nx.compute_dtype(log_ratio)
     log_ratio = log_ratio.astype(nx.compute_dtype(log_ratio))
     values = g._f_normalized(log_ratio) if control_variate else g._f(log_ratio)
     return jnp.mean(values, axis=axis).astype(out_dtype)
@@ -251,7 +252,7 @@ def importance_weighted_divergence(
     log_p, log_q, log_proposal = (jnp.asarray(a) for a in (log_p, log_q, log_proposal))
     if self_normalize:
         return _categorical(g, log_p - log_proposal, log_q - log_proposal, axis=axis)
-    out_dtype = nx.output_dtype(log_p, log_q, log_proposal)
+    out_dtype = nx.compute_dtype(log_p, log_q, log_proposal)
     dtype = nx.compute_dtype(log_p, log_q, log_proposal)
     lp = (log_p - log_proposal).astype(dtype)
     lq = (log_q - log_proposal).astype(dtype)
@@ -284,7 +285,7 @@ def variational_lower_bound(
     """
     g = gen.resolve(divergence)
     v_p, v_q = jnp.asarray(critic_on_p), jnp.asarray(critic_on_q)
-    out_dtype = nx.output_dtype(v_p, v_q)
+    out_dtype = nx.compute_dtype(v_p, v_q)
     dtype = nx.compute_dtype(v_p, v_q)
     v_p, v_q = v_p.astype(dtype), v_q.astype(dtype)
     t_p = g._f_prime(v_p)

@@ -120,7 +120,7 @@ def sinkhorn(
 
     Gradients flow through the unrolled iterations (``jax.lax.fori_loop`` with a static trip
     count, reverse-differentiable); memory for the backward pass grows as ``num_iters * n * m``.
-    bfloat16 / float16 costs are computed in float32 and the outputs returned in the input dtype.
+    bfloat16 / float16 costs are computed and returned in float32 (the package's dtype rule).
 
     Precision: each row's smallest finite cost is subtracted before iterating (the row scaling
     absorbs a row shift exactly at every iteration, so the result is unchanged), so the exponents
@@ -158,7 +158,7 @@ def sinkhorn(
 @functools.partial(jax.jit, static_argnames=("num_iters",))
 def _sinkhorn(cost, epsilon, log_a, log_b, *, num_iters: int) -> SinkhornOutput:
     dtype = nx.compute_dtype(cost)
-    out_dtype = nx.output_dtype(cost)
+    out_dtype = nx.compute_dtype(cost)
     *batch, n, m = cost.shape
     batch = tuple(batch)
     cost = cost.astype(dtype)
@@ -238,7 +238,7 @@ def sinkhorn_cost(
         ``n / m``).
 
     Returns:
-      ``[...]``: the transport cost per problem, in the input dtype.
+      ``[...]``: the transport cost per problem, in float32 (float64 for float64 costs).
 
     References:
       Cuturi, "Sinkhorn Distances: Lightspeed Computation of Optimal Transport" (NeurIPS 2013);
@@ -251,7 +251,7 @@ def sinkhorn_cost(
     plan = out.plan.astype(dtype)
     forbidden = c == jnp.inf
     terms = jnp.where(forbidden, 0.0, plan * jnp.where(forbidden, 0.0, c))
-    return jnp.sum(terms, axis=(-2, -1)).astype(nx.output_dtype(cost))
+    return jnp.sum(terms, axis=(-2, -1)).astype(nx.compute_dtype(cost))
 
 
 def l1_cost(x: ArrayLike, y: ArrayLike) -> jax.Array:
@@ -283,4 +283,4 @@ def l1_cost(x: ArrayLike, y: ArrayLike) -> jax.Array:
         )
     dtype = nx.compute_dtype(x, y)
     diff = x.astype(dtype)[..., :, None, :] - y.astype(dtype)[..., None, :, :]
-    return jnp.sum(jnp.abs(diff), axis=-1).astype(nx.output_dtype(x, y))
+    return jnp.sum(jnp.abs(diff), axis=-1).astype(nx.compute_dtype(x, y))

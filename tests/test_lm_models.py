@@ -231,7 +231,9 @@ def test_fdpg_estimator_on_the_transformer_matches_the_exact_gradient(divergence
 
         def surrogate(p):
             log_pi = jnp.sum(sampling.token_log_probs(module.apply(p, ctx, tokens), tokens), -1)
-            return policy_losses.fdpg_loss(log_pi, target, divergence=divergence, baseline=0.3)[0]
+            return policy_losses.fdpg_loss(
+                log_pi=log_pi, log_target=target, divergence=divergence, baseline=0.3
+            )[0]
 
         return jax.flatten_util.ravel_pytree(jax.grad(surrogate)(params))[0]
 

@@ -92,7 +92,7 @@ def test_pseudo_reward_hand_values():
         "alpha": [2.0 * (0.4**-0.5 - 1.0), -2.0],
     }
     for name, want in cases.items():
-        got = po.fdpg_pseudo_reward(log_pi, log_p, divergence=name)
+        got = po.fdpg_pseudo_reward(log_pi=log_pi, log_target=log_p, divergence=name)
         np.testing.assert_allclose(got, want, rtol=1e-6, err_msg=name)
 
 
@@ -131,7 +131,11 @@ def _fdpg_run(theta, log_p, log_q, baseline, key, *, name, use_proposal, weighte
     def loss(th):
         log_pi = jax.nn.log_softmax(th)[y]
         return po.fdpg_loss(
-            log_pi, log_p[y], divergence=name, baseline=baseline, log_proposal=proposal
+            log_pi=log_pi,
+            log_target=log_p[y],
+            divergence=name,
+            baseline=baseline,
+            log_proposal=proposal,
         )
 
     batch, terms = jax.grad(loss, has_aux=True)(theta)
@@ -199,7 +203,7 @@ def test_fdpg_loss_terms_and_mask():
     log_pi = jnp.log(jnp.array([0.2, 0.1, 0.4, 0.3]))
     log_p = jnp.log(jnp.array([0.5, 0.0, 0.2, 0.3]))
     log_q = jnp.log(jnp.array([0.4, 0.2, 0.2, 0.2]))
-    loss, terms = po.fdpg_loss(log_pi, log_p, divergence="forward_kl", baseline=0.5,
+    loss, terms = po.fdpg_loss(log_pi=log_pi, log_target=log_p, divergence="forward_kl", baseline=0.5,
                                log_proposal=log_q)  # fmt: skip
     reward = np.array([0.5 / 0.2, 0.0, 0.2 / 0.4, 1.0])  # p / pi
     weight = np.array([0.5, 0.5, 2.0, 1.5])  # pi / q
@@ -211,34 +215,38 @@ def test_fdpg_loss_terms_and_mask():
     # d loss / d log_pi_i = -w_i (R_i - b) / B: the rewards and weights carry no gradient.
     grad = jax.grad(
         lambda lp: po.fdpg_loss(
-            lp, log_p, divergence="forward_kl", baseline=0.5, log_proposal=log_q
+            log_pi=lp, log_target=log_p, divergence="forward_kl", baseline=0.5, log_proposal=log_q
         )[0]  # fmt: skip
     )(log_pi)
     np.testing.assert_allclose(grad, -weight * (reward - 0.5) / 4, rtol=1e-6, atol=1e-7)
     # A mask: the mean is over the kept samples, and garbage in dropped ones is harmless.
     keep = jnp.array([True, False, True, False])
     bad = jnp.array([0.0, jnp.nan, 0.0, jnp.inf])
-    masked, mterms = po.fdpg_loss(log_pi + bad, log_p, divergence="forward_kl", baseline=0.5,
+    masked, mterms = po.fdpg_loss(log_pi=log_pi + bad, log_target=log_p, divergence="forward_kl", baseline=0.5,
                                   log_proposal=log_q, mask=keep)  # fmt: skip
-    subset, _ = po.fdpg_loss(log_pi[::2], log_p[::2], divergence="forward_kl", baseline=0.5,
+    subset, _ = po.fdpg_loss(log_pi=log_pi[::2], log_target=log_p[::2], divergence="forward_kl", baseline=0.5,
                              log_proposal=log_q[::2])  # fmt: skip
     np.testing.assert_allclose(masked, subset, rtol=1e-6)
     assert np.all(np.isfinite(mterms.pseudo_reward))
-    g = jax.grad(lambda lp: po.fdpg_loss(lp, log_p, divergence="js", mask=keep)[0])(log_pi + bad)
+    g = jax.grad(
+        lambda lp: po.fdpg_loss(log_pi=lp, log_target=log_p, divergence="js", mask=keep)[0]
+    )(log_pi + bad)
     assert np.all(np.isfinite(g)) and g[1] == 0 and g[3] == 0
-    empty, _ = po.fdpg_loss(log_pi, log_p, divergence="js", mask=jnp.zeros(4, bool))
+    empty, _ = po.fdpg_loss(
+        log_pi=log_pi, log_target=log_p, divergence="js", mask=jnp.zeros(4, bool)
+    )
     assert empty == 0
     # jit-able, with the divergence static.
     jitted = jax.jit(po.fdpg_loss, static_argnames="divergence")
-    value, jterms = jitted(log_pi + bad, log_p, divergence="forward_kl", baseline=0.5,
+    value, jterms = jitted(log_pi=log_pi + bad, log_target=log_p, divergence="forward_kl", baseline=0.5,
                            log_proposal=log_q, mask=keep)  # fmt: skip
     np.testing.assert_allclose(value, masked, rtol=1e-6)
     np.testing.assert_allclose(jterms.importance_weight, mterms.importance_weight, rtol=1e-6)
     # A proposal sample that pi cannot produce (pi(y) = 0) has weight 0 and adds nothing.
     lp0 = log_pi.at[1].set(-jnp.inf)
     for name in ("forward_kl", "reverse_kl", "js"):
-        value, t = po.fdpg_loss(lp0, log_p, divergence=name, log_proposal=log_q)
-        grad = jax.grad(lambda lp, n=name: po.fdpg_loss(lp, log_p, divergence=n,
+        value, t = po.fdpg_loss(log_pi=lp0, log_target=log_p, divergence=name, log_proposal=log_q)
+        grad = jax.grad(lambda lp, n=name: po.fdpg_loss(log_pi=lp, log_target=log_p, divergence=n,
                                                          log_proposal=log_q)[0])(lp0)  # fmt: skip
         assert np.isfinite(value) and t.importance_weight[1] == 0 and grad[1] == 0
         assert np.all(np.isfinite(grad))
@@ -304,7 +312,9 @@ def test_dph_penalty_expectation_is_the_divergence(name):
     pi = rng.dirichlet(np.ones(9))
     pi0 = rng.dirichlet(np.ones(9))
     penalty = po.dph_penalty(
-        jnp.asarray(np.log(pi))[:, None], jnp.asarray(np.log(pi0))[:, None], divergence=name
+        log_pi_tokens=jnp.asarray(np.log(pi))[:, None],
+        log_pi0_tokens=jnp.asarray(np.log(pi0))[:, None],
+        divergence=name,
     )
     expectation = float(np.sum(pi0 * np.asarray(penalty, np.float64)))
     g = po.alignment_generator(name)
@@ -328,7 +338,9 @@ def test_dph_penalty_hand_values_and_mask():
     log_pi = jnp.array([[0.0, -3.0, 7.0]])
     keep = jnp.array([[True, True, False]])
     want = ((math.e - 2.0) + (math.exp(-2.0) - 1.0 + 2.0)) / 2
-    penalty = value_and_grad_of_sum(lambda x: po.dph_penalty(x, log_pi0, mask=keep))
+    penalty = value_and_grad_of_sum(
+        lambda x: po.dph_penalty(log_pi_tokens=x, log_pi0_tokens=log_pi0, mask=keep)
+    )
     got, _ = penalty(log_pi)
     np.testing.assert_allclose(got, [want], rtol=1e-6)
     # A padded token with garbage (NaN) changes neither the value nor the gradient.
@@ -337,12 +349,16 @@ def test_dph_penalty_hand_values_and_mask():
     # d/dlog u (u - 1 - log u) = u - 1, over 2 kept tokens.
     np.testing.assert_allclose(grad, [[(math.e - 1) / 2, (math.exp(-2.0) - 1) / 2, 0.0]], 1e-6)
     # A row with no kept token gives 0 (and no NaN).
-    none = po.dph_penalty(log_pi, log_pi0, mask=jnp.zeros((1, 3), bool))
+    none = po.dph_penalty(
+        log_pi_tokens=log_pi, log_pi0_tokens=log_pi0, mask=jnp.zeros((1, 3), bool)
+    )
     assert none[0] == 0
     # JS: the catalog f, half the DPH-RL paper's u log u - (u + 1) log((u + 1)/2).
     u = math.e
     half_paper = 0.5 * (u * math.log(u) - (u + 1) * math.log((u + 1) / 2))
-    got = po.dph_penalty(log_pi, log_pi0, divergence="js", mask=keep.at[0, 1].set(False))
+    got = po.dph_penalty(
+        log_pi_tokens=log_pi, log_pi0_tokens=log_pi0, divergence="js", mask=keep.at[0, 1].set(False)
+    )
     np.testing.assert_allclose(got, [half_paper], rtol=1e-6)
 
 
@@ -350,16 +366,20 @@ def test_dph_penalty_clips_like_verl_low_var_kl():
     """log u clipped to [-a, a], then each token's value to [-b, b]; no gradient beyond a clip."""
     log_pi0 = jnp.zeros((1, 3))
     log_pi = jnp.array([[-30.0, -5.0, 1.0]])  # u - 1 - log u: 29 (clipped), e^-5 + 4, e - 2
-    fn = lambda x: po.dph_penalty(x, log_pi0, log_ratio_clip=20.0, value_clip=10.0)
+    fn = lambda x: po.dph_penalty(
+        log_pi_tokens=x, log_pi0_tokens=log_pi0, log_ratio_clip=20.0, value_clip=10.0
+    )
     got, grad = value_and_grad_of_sum(fn)(log_pi)
     values = [10.0, math.exp(-5.0) + 4.0, math.e - 2.0]
     np.testing.assert_allclose(got, [np.mean(values)], rtol=1e-6)
     np.testing.assert_allclose(grad, [[0.0, (math.exp(-5.0) - 1) / 3, (math.e - 1) / 3]], rtol=1e-6)  # fmt: skip
     # log u = -25 is clipped to -20 (no gradient): value e^-20 + 19, no value clip given
-    got = po.dph_penalty(jnp.array([[-25.0]]), jnp.zeros((1, 1)), log_ratio_clip=20.0)
+    got = po.dph_penalty(
+        log_pi_tokens=jnp.array([[-25.0]]), log_pi0_tokens=jnp.zeros((1, 1)), log_ratio_clip=20.0
+    )
     np.testing.assert_allclose(got, [math.exp(-20.0) + 19.0], rtol=1e-6)
     with pytest.raises(ValueError, match="value_clip"):
-        po.dph_penalty(log_pi, log_pi0, value_clip=0.0)
+        po.dph_penalty(log_pi_tokens=log_pi, log_pi0_tokens=log_pi0, value_clip=0.0)
 
 
 @pytest.mark.parametrize("name", ["forward_kl", "js"])
@@ -370,7 +390,11 @@ def test_dph_penalty_gradients_match_finite_differences(name):
         log_pi0 = jnp.asarray(rng.normal(-2.0, 1.5, size=(3, 5)))
         keep = jnp.asarray(rng.random((3, 5)) < 0.7).at[:, 0].set(True)
         check_grads(
-            jax.jit(lambda x: po.dph_penalty(x, log_pi0, divergence=name, mask=keep)),
+            jax.jit(
+                lambda x: po.dph_penalty(
+                    log_pi_tokens=x, log_pi0_tokens=log_pi0, divergence=name, mask=keep
+                )
+            ),
             (log_pi,),
             order=1,
             modes=("rev",),
@@ -383,10 +407,15 @@ def test_dph_penalty_is_nonnegative():
     log_u = jnp.asarray(rng.uniform(-30.0, 30.0, size=(200, 1)), jnp.float32)
     for name in ("forward_kl", "reverse_kl", "js", "tv", "alpha"):
         values = jax.jit(po.dph_penalty, static_argnames="divergence")(
-            log_u, jnp.zeros_like(log_u), divergence=name
+            log_pi_tokens=log_u, log_pi0_tokens=jnp.zeros_like(log_u), divergence=name
         )
         assert np.all(np.asarray(values) >= 0) and np.all(np.isfinite(values)), name
-        assert po.dph_penalty(log_u[:1] * 0, log_u[:1] * 0, divergence=name)[0] == 0
+        assert (
+            po.dph_penalty(
+                log_pi_tokens=log_u[:1] * 0, log_pi0_tokens=log_u[:1] * 0, divergence=name
+            )[0]
+            == 0
+        )
 
 
 # ------------------------------------------------------------------------------------------------

@@ -6,7 +6,6 @@ Gradients are checked against central finite differences in float64 (``jax.enabl
 context, so other test files keep float32).
 """
 
-import functools
 import math
 
 import jax
@@ -64,31 +63,46 @@ CASES = [
 ]
 
 
+ROLES = ("policy_chosen", "policy_rejected", "reference_chosen", "reference_rejected")
+
+
 def _args(rows, dtype=jnp.float32):
-    return tuple(jnp.asarray(rows[:, i], dtype) for i in range(4))
+    """The four log-probability columns of ``rows`` by role (the losses take them keyword-only)."""
+    return {role: jnp.asarray(rows[:, i], dtype) for i, role in enumerate(ROLES)}
+
+
+def by_role(*arrays):
+    """Positional arrays (for jax.grad's argnums, check_grads) named by role."""
+    return dict(zip(ROLES, arrays, strict=True))
 
 
 @pytest.mark.parametrize("name,divergence,kw", CASES, ids=[c[0] for c in CASES])
 @pytest.mark.parametrize("beta", [0.1, 1.0])
 def test_loss_matches_paper_formula(name, divergence, kw, beta):
-    got = pf.fdpo_loss(*_args(EXAMPLES), beta=beta, divergence=divergence, **kw)
+    got = pf.fdpo_loss(**_args(EXAMPLES), beta=beta, divergence=divergence, **kw)
     want = [reference_loss(name, row, beta, kw.get("alpha")) for row in EXAMPLES]
     assert got.dtype == jnp.float32
     np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-7)
     np.testing.assert_allclose(got[2], math.log(2.0), rtol=1e-6)
     # The logit, the implied rewards and the preference probability agree with the same formula.
-    z = pf.fdpo_logits(*_args(EXAMPLES), beta=beta, divergence=divergence, **kw)
-    pw, pl, rw, rl = _args(EXAMPLES)
-    reward_w = pf.implied_reward(pw, rw, beta=beta, divergence=divergence, **kw)
-    reward_l = pf.implied_reward(pl, rl, beta=beta, divergence=divergence, **kw)
+    z = pf.fdpo_logits(**_args(EXAMPLES), beta=beta, divergence=divergence, **kw)
+    pw, pl, rw, rl = _args(EXAMPLES).values()
+    reward_w = pf.implied_reward(
+        policy_logp=pw, reference_logp=rw, beta=beta, divergence=divergence, **kw
+    )
+    reward_l = pf.implied_reward(
+        policy_logp=pl, reference_logp=rl, beta=beta, divergence=divergence, **kw
+    )
     np.testing.assert_allclose(z, reward_w - reward_l, rtol=1e-6, atol=1e-6)
-    prob = pf.preference_probability(*_args(EXAMPLES), beta=beta, divergence=divergence, **kw)
+    prob = pf.preference_probability(**_args(EXAMPLES), beta=beta, divergence=divergence, **kw)
     np.testing.assert_allclose(prob, [math.exp(-w) for w in want], rtol=2e-6)
 
 
 @pytest.mark.parametrize("name,divergence,kw", CASES, ids=[c[0] for c in CASES])
 def test_label_smoothing(name, divergence, kw):
-    got = pf.fdpo_loss(*_args(EXAMPLES), beta=0.5, divergence=divergence, label_smoothing=0.1, **kw)
+    got = pf.fdpo_loss(
+        **_args(EXAMPLES), beta=0.5, divergence=divergence, label_smoothing=0.1, **kw
+    )
     want = [reference_loss(name, row, 0.5, kw.get("alpha"), eps=0.1) for row in EXAMPLES]
     np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-7)
 
@@ -100,7 +114,7 @@ def test_reverse_kl_is_standard_dpo():
     for beta in (0.05, 0.1, 0.5):
         z = beta * ((pw - rw) - (pl - rl))
         dpo = np.logaddexp(0.0, -z)  # -log sigmoid(z)
-        got = pf.fdpo_loss(*_args(rows), beta=beta)  # the default divergence is DPO's
+        got = pf.fdpo_loss(**_args(rows), beta=beta)  # the default divergence is DPO's
         np.testing.assert_allclose(got, dpo, rtol=1e-5, atol=1e-6)
 
 
@@ -140,13 +154,15 @@ def test_psi_closed_forms_and_alpha_convention():
 @pytest.mark.parametrize("name,divergence,kw", CASES, ids=[c[0] for c in CASES])
 def test_gradients_match_finite_differences(name, divergence, kw):
     with jax.enable_x64(True):
-        args = _args(EXAMPLES, jnp.float64)
+        args = tuple(_args(EXAMPLES, jnp.float64).values())
         for eps in (0.0, 0.2):
 
             @jax.jit
             def total(*a, eps=eps):
                 return jnp.sum(
-                    pf.fdpo_loss(*a, beta=0.7, divergence=divergence, label_smoothing=eps, **kw)
+                    pf.fdpo_loss(
+                        **by_role(*a), beta=0.7, divergence=divergence, label_smoothing=eps, **kw
+                    )
                 )
 
             check_grads(total, args, order=1, modes=("rev", "fwd"))
@@ -154,8 +170,10 @@ def test_gradients_match_finite_differences(name, divergence, kw):
 
 @pytest.mark.parametrize("name,divergence,kw", CASES, ids=[c[0] for c in CASES])
 def test_jit_matches_eager(name, divergence, kw):
-    loss = functools.partial(pf.fdpo_loss, beta=0.3, divergence=divergence, **kw)
-    args = _args(EXAMPLES)
+    def loss(*a):
+        return pf.fdpo_loss(**by_role(*a), beta=0.3, divergence=divergence, **kw)
+
+    args = tuple(_args(EXAMPLES).values())
     np.testing.assert_allclose(jax.jit(loss)(*args), loss(*args), rtol=1e-6)
     grad = jax.grad(lambda *a: jnp.sum(loss(*a)), argnums=(0, 1))
     for g_jit, g_eager in zip(jax.jit(grad)(*args), grad(*args), strict=True):
@@ -167,8 +185,8 @@ def test_bfloat16_inputs_give_float32_results(name, divergence, kw):
     # Log-probs of realistic size: bfloat16 keeps ~3 significant digits, so the log-ratios of
     # the rounded inputs are what the float32 result must be accurate for.
     rows = EXAMPLES * 7.3
-    bf16 = _args(rows, jnp.bfloat16)
-    got = pf.fdpo_loss(*bf16, beta=0.1, divergence=divergence, **kw)
+    bf16 = tuple(_args(rows, jnp.bfloat16).values())
+    got = pf.fdpo_loss(**by_role(*bf16), beta=0.1, divergence=divergence, **kw)
     assert got.dtype == jnp.float32
     rounded = np.stack([np.asarray(a.astype(jnp.float32), np.float64) for a in bf16], axis=1)
     want = [reference_loss(name, row, 0.1, kw.get("alpha")) for row in rounded]
@@ -187,16 +205,45 @@ def test_hostile_inputs_stay_finite(name, divergence, kw):
     pw, pl = jnp.asarray(log_u[:, 0]), jnp.asarray(log_u[:, 1])
 
     def total(pw, pl, rw, rl):
-        return jnp.sum(pf.fdpo_loss(pw, pl, rw, rl, beta=0.1, divergence=divergence, **kw))
+        return jnp.sum(
+            pf.fdpo_loss(
+                policy_chosen=pw,
+                policy_rejected=pl,
+                reference_chosen=rw,
+                reference_rejected=rl,
+                beta=0.1,
+                divergence=divergence,
+                **kw,
+            )
+        )
 
-    values = pf.fdpo_loss(pw, pl, zeros, zeros, beta=0.1, divergence=divergence, **kw)
+    values = pf.fdpo_loss(
+        policy_chosen=pw,
+        policy_rejected=pl,
+        reference_chosen=zeros,
+        reference_rejected=zeros,
+        beta=0.1,
+        divergence=divergence,
+        **kw,
+    )
     assert np.all(np.isfinite(values)) and np.all(np.asarray(values) >= 0)
     grads = jax.grad(total, argnums=(0, 1, 2, 3))(pw, pl, zeros, zeros)
     for g in grads:
         assert np.all(np.isfinite(g))
     # Huge but opposite log-probs that cancel in log u are harmless too.
     huge = jnp.full(3, -1e30, jnp.float32)
-    assert np.all(np.isfinite(pf.fdpo_loss(huge, huge, huge, huge, divergence=divergence, **kw)))
+    assert np.all(
+        np.isfinite(
+            pf.fdpo_loss(
+                policy_chosen=huge,
+                policy_rejected=huge,
+                reference_chosen=huge,
+                reference_rejected=huge,
+                divergence=divergence,
+                **kw,
+            )
+        )
+    )
     # The exponent clamp: psi saturates at -exp(max_exponent) (times 1/alpha for alpha).
     if name in ("forward_kl", "alpha"):
         scale = 1.0 if name == "forward_kl" else 1 / kw["alpha"]
@@ -206,42 +253,58 @@ def test_hostile_inputs_stay_finite(name, divergence, kw):
 
 def test_generator_and_catalog_name_agree():
     args = _args(EXAMPLES)
-    by_object = pf.fdpo_loss(*args, divergence=gen.get("squared_hellinger"))
-    by_name = pf.fdpo_loss(*args, divergence="squared_hellinger")
+    by_object = pf.fdpo_loss(**args, divergence=gen.get("squared_hellinger"))
+    by_name = pf.fdpo_loss(**args, divergence="squared_hellinger")
     np.testing.assert_array_equal(by_object, by_name)
     # A parametrised generator object: catalog alpha 0.7 is the paper's alpha 0.3.
     np.testing.assert_allclose(
-        pf.fdpo_loss(*args, divergence=gen.get("alpha", alpha=0.7)),
-        pf.fdpo_loss(*args, divergence="alpha", alpha=0.3),
+        pf.fdpo_loss(**args, divergence=gen.get("alpha", alpha=0.7)),
+        pf.fdpo_loss(**args, divergence="alpha", alpha=0.3),
         rtol=1e-5,
     )
 
 
 def test_preference_probability_is_antisymmetric():
-    pw, pl, rw, rl = _args(EXAMPLES)
+    pw, pl, rw, rl = _args(EXAMPLES).values()
     for name, divergence, kw in CASES:
-        forward = pf.preference_probability(pw, pl, rw, rl, divergence=divergence, **kw)
-        swapped = pf.preference_probability(pl, pw, rl, rw, divergence=divergence, **kw)
+        forward = pf.preference_probability(
+            policy_chosen=pw,
+            policy_rejected=pl,
+            reference_chosen=rw,
+            reference_rejected=rl,
+            divergence=divergence,
+            **kw,
+        )
+        swapped = pf.preference_probability(
+            policy_chosen=pl,
+            policy_rejected=pw,
+            reference_chosen=rl,
+            reference_rejected=rw,
+            divergence=divergence,
+            **kw,
+        )
         np.testing.assert_allclose(forward + swapped, 1.0, rtol=1e-6, err_msg=name)
 
 
 def test_invalid_arguments_raise():
     args = _args(EXAMPLES)
     with pytest.raises(ValueError, match="beta"):
-        pf.fdpo_loss(*args, beta=0.0)
+        pf.fdpo_loss(**args, beta=0.0)
     with pytest.raises(ValueError, match="beta"):
-        pf.implied_reward(args[0], args[2], beta=-1.0)
+        pf.implied_reward(
+            policy_logp=args["policy_chosen"], reference_logp=args["reference_chosen"], beta=-1.0
+        )
     for a in (0.0, 1.0, -0.5, 1.5):
         with pytest.raises(ValueError, match=r"alpha must be in \(0, 1\)"):
-            pf.fdpo_loss(*args, divergence="alpha", alpha=a)
-    pf.fdpo_loss(*args, divergence="js", alpha=1.5)  # alpha only matters for "alpha"
+            pf.fdpo_loss(**args, divergence="alpha", alpha=a)
+    pf.fdpo_loss(**args, divergence="js", alpha=1.5)  # alpha only matters for "alpha"
     for eps in (0.5, -0.1, 0.7):
         with pytest.raises(ValueError, match="label_smoothing"):
-            pf.fdpo_loss(*args, label_smoothing=eps)
+            pf.fdpo_loss(**args, label_smoothing=eps)
     with pytest.raises(ValueError, match="max_exponent"):
         pf.psi(1.0, divergence="forward_kl", max_exponent=0.0)
     with pytest.raises(ValueError) as info:
-        pf.fdpo_loss(*args, divergence="not_a_divergence")
+        pf.fdpo_loss(**args, divergence="not_a_divergence")
     for listed in ("reverse_kl", "forward_kl", "js", "alpha", "squared_hellinger", "pearson"):
         assert listed in str(info.value)
     with pytest.raises(ValueError, match="divergence"):

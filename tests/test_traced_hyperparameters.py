@@ -21,6 +21,12 @@ from fdiv.losses import diffusion, kd, policy, preference
 KEY = jax.random.key(0)
 
 
+def _dpo_roles(x):
+    """The four rows of ``x`` as f-DPO's keyword-only log-probabilities."""
+    roles = ("policy_chosen", "policy_rejected", "reference_chosen", "reference_rejected")
+    return dict(zip(roles, x, strict=True))
+
+
 def _logits(shape, seed=0, dtype=jnp.float32):
     k1, k2 = jax.random.split(jax.random.fold_in(KEY, seed))
     return (
@@ -47,7 +53,7 @@ def test_kd_loss_with_a_traced_temperature():
 
 def test_fdpo_loss_with_a_traced_beta():
     x = jax.random.normal(KEY, (4, 5))
-    loss = lambda b: preference.fdpo_loss(*x, beta=b, divergence="js")  # noqa: E731
+    loss = lambda b: preference.fdpo_loss(**_dpo_roles(x), beta=b, divergence="js")  # noqa: E731
     _close(jax.jit(loss)(0.3), loss(0.3))
 
 
@@ -201,8 +207,11 @@ def test_temperature_and_beta_sweeps_by_vmap():
     )
     x = jax.random.normal(KEY, (4, 5))
     betas = jnp.asarray([0.05, 0.1, 0.5])
-    swept = jax.vmap(lambda b: preference.fdpo_loss(*x, beta=b, divergence="alpha", alpha=0.4))(betas)  # fmt: skip
-    looped = [preference.fdpo_loss(*x, beta=float(b), divergence="alpha", alpha=0.4) for b in betas]
+    swept = jax.vmap(lambda b: preference.fdpo_loss(**_dpo_roles(x), beta=b, divergence="alpha", alpha=0.4))(betas)  # fmt: skip
+    looped = [
+        preference.fdpo_loss(**_dpo_roles(x), beta=float(b), divergence="alpha", alpha=0.4)
+        for b in betas
+    ]
     _close(swept, jnp.stack(looped))
 
 
@@ -260,16 +269,16 @@ def test_diffusion_hyperparameters_trace():
 
 def test_alignment_hyperparameters_trace():
     a, b = jax.random.normal(KEY, (2, 3, 5)) - 2.0
-    _jit_equals_eager(lambda lam: policy.dph_penalty(a, b, divergence=gen.get("skew_kl", lam=lam)), 0.3)  # fmt: skip
-    _jit_equals_eager(lambda al: policy.dph_penalty(a, b, divergence=gen.get("alpha", alpha=al)), 0.4)  # fmt: skip
+    _jit_equals_eager(lambda lam: policy.dph_penalty(log_pi_tokens=a, log_pi0_tokens=b, divergence=gen.get("skew_kl", lam=lam)), 0.3)  # fmt: skip
+    _jit_equals_eager(lambda al: policy.dph_penalty(log_pi_tokens=a, log_pi0_tokens=b, divergence=gen.get("alpha", alpha=al)), 0.4)  # fmt: skip
     log_pi, log_target = a[:, 0], b[:, 0]
-    _jit_equals_eager(lambda al: policy.fdpg_loss(log_pi, log_target, divergence=gen.get("alpha", alpha=al))[0], 0.4)  # fmt: skip
+    _jit_equals_eager(lambda al: policy.fdpg_loss(log_pi=log_pi, log_target=log_target, divergence=gen.get("alpha", alpha=al))[0], 0.4)  # fmt: skip
     _jit_equals_eager(lambda e: policy.grpo_loss(a, b, old_log_pi_tokens=b, clip_epsilon=e), 0.2)
     _jit_equals_eager(lambda e: policy.group_advantages(a, eps=e), 1e-3)
     _jit_equals_eager(lambda d: policy.moving_average(1.0, 2.0, decay=d), 0.9)
     x = jax.random.normal(KEY, (4, 5))
-    _jit_equals_eager(lambda al, m: preference.fdpo_loss(*x, divergence="alpha", alpha=al, max_exponent=m), 0.4, 20.0)  # fmt: skip
-    _jit_equals_eager(lambda eps: preference.fdpo_loss(*x, label_smoothing=eps), 0.1)
+    _jit_equals_eager(lambda al, m: preference.fdpo_loss(**_dpo_roles(x), divergence="alpha", alpha=al, max_exponent=m), 0.4, 20.0)  # fmt: skip
+    _jit_equals_eager(lambda eps: preference.fdpo_loss(**_dpo_roles(x), label_smoothing=eps), 0.1)
 
 
 # -- Python numbers are still checked ---------------------------------------------------------------
@@ -294,7 +303,7 @@ def test_alignment_hyperparameters_trace():
             lambda: fused_divergence("kl", jnp.zeros((1, 3)), jnp.zeros((1, 3)), temperature=-1.0),
             "temperature",
         ),  # fmt: skip
-        (lambda: preference.fdpo_loss(*jnp.zeros((4, 2)), beta=0.0), "beta"),
+        (lambda: preference.fdpo_loss(**_dpo_roles(jnp.zeros((4, 2))), beta=0.0), "beta"),
         (lambda: diffusion.fdistill_weight(jnp.zeros(2), "kl", momentum=1.0), "momentum"),
     ],
 )

@@ -203,7 +203,10 @@ class LossVariantsTest(chex.TestCase):
         lw = pw.astype(np.float64) - rw
         ll = pl.astype(np.float64) - rl
         want = -_log_sigmoid64(beta * (psi(lw) - psi(ll)))
-        fn = lambda *x: preference.fdpo_loss(*x, beta=beta, divergence=name, alpha=a)
+        roles = ("policy_chosen", "policy_rejected", "reference_chosen", "reference_rejected")
+        fn = lambda *x: preference.fdpo_loss(
+            **dict(zip(roles, x, strict=True)), beta=beta, divergence=name, alpha=a
+        )
         self._check(fn, (pw, pl, rw, rl), want, shape=(B,), atol=1e-6)
 
     @chex.variants(with_jit=True, without_jit=True)

@@ -161,7 +161,7 @@ class FDPGTerms(NamedTuple):
 
 
 def fdpg_pseudo_reward(
-    log_pi: ArrayLike, log_target: ArrayLike, *, divergence: str | gen.Generator
+    *, log_pi: ArrayLike, log_target: ArrayLike, divergence: str | gen.Generator
 ) -> jax.Array:
     r"""f-DPG's pseudo-reward ``R(y) = -f'(pi(y) / p(y))``, ``f`` from :func:`alignment_generator`.
 
@@ -188,9 +188,9 @@ def fdpg_pseudo_reward(
 
 
 def fdpg_loss(
+    *,
     log_pi: ArrayLike,
     log_target: ArrayLike,
-    *,
     divergence: str | gen.Generator,
     baseline: ArrayLike = 0.0,
     log_proposal: ArrayLike | None = None,
@@ -337,9 +337,9 @@ def moving_average(average: ArrayLike, value: ArrayLike, *, decay: float) -> jax
 
 
 def dph_penalty(
+    *,
     log_pi_tokens: ArrayLike,
     log_pi0_tokens: ArrayLike,
-    *,
     divergence: str | gen.Generator = "forward_kl",
     mask: ArrayLike | None = None,
     log_ratio_clip: float | None = None,

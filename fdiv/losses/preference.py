@@ -163,9 +163,9 @@ def psi(
 
 
 def implied_reward(
+    *,
     policy_logp: ArrayLike,
     reference_logp: ArrayLike,
-    *,
     beta: float = 0.1,
     divergence: str | gen.Generator = "reverse_kl",
     alpha: float = 0.5,
@@ -188,11 +188,11 @@ def implied_reward(
 
 
 def fdpo_logits(
+    *,
     policy_chosen: ArrayLike,
     policy_rejected: ArrayLike,
     reference_chosen: ArrayLike,
     reference_rejected: ArrayLike,
-    *,
     beta: float = 0.1,
     divergence: str | gen.Generator = "reverse_kl",
     alpha: float = 0.5,
@@ -220,11 +220,11 @@ def fdpo_logits(
 
 
 def fdpo_loss(
+    *,
     policy_chosen: ArrayLike,
     policy_rejected: ArrayLike,
     reference_chosen: ArrayLike,
     reference_rejected: ArrayLike,
-    *,
     beta: float = 0.1,
     divergence: str | gen.Generator = "reverse_kl",
     alpha: float = 0.5,
@@ -264,10 +264,10 @@ def fdpo_loss(
         "label_smoothing", label_smoothing, lambda e: 0.0 <= e < 0.5, "in [0, 0.5)"
     )
     z = fdpo_logits(
-        policy_chosen,
-        policy_rejected,
-        reference_chosen,
-        reference_rejected,
+        policy_chosen=policy_chosen,
+        policy_rejected=policy_rejected,
+        reference_chosen=reference_chosen,
+        reference_rejected=reference_rejected,
         beta=beta,
         divergence=divergence,
         alpha=alpha,
@@ -280,11 +280,11 @@ def fdpo_loss(
 
 
 def preference_probability(
+    *,
     policy_chosen: ArrayLike,
     policy_rejected: ArrayLike,
     reference_chosen: ArrayLike,
     reference_rejected: ArrayLike,
-    *,
     beta: float = 0.1,
     divergence: str | gen.Generator = "reverse_kl",
     alpha: float = 0.5,
@@ -297,10 +297,10 @@ def preference_probability(
     """
     return jax.nn.sigmoid(
         fdpo_logits(
-            policy_chosen,
-            policy_rejected,
-            reference_chosen,
-            reference_rejected,
+            policy_chosen=policy_chosen,
+            policy_rejected=policy_rejected,
+            reference_chosen=reference_chosen,
+            reference_rejected=reference_rejected,
             beta=beta,
             divergence=divergence,
             alpha=alpha,
