@@ -237,7 +237,7 @@ def predict_fn(config, modules: Mapping[str, CausalTransformer], name: str, star
         if set(modules) >= {"teacher", "base", "student"}:
             scorers = {k: (modules[k], params[k]) for k in ("teacher", "base", "student")}
             action, rows_of = sentence_log_probs(config, rows, start, scorers)
-            cats = prov.classify_actions(action["teacher"], action["base"], action["student"], alpha=p.alpha, beta=p.beta)  # fmt: skip
+            cats = prov.classify_actions(teacher_logp=action["teacher"], student_logp=action["base"], distilled_logp=action["student"], alpha=p.alpha, beta=p.beta)  # fmt: skip
             out["counts"] = prov.provenance_summary(cats, rows_of, rows.shape[0]).counts
         return out
 
@@ -341,12 +341,12 @@ def selection_scores(config, rows, teacher_params, base_params) -> np.ndarray:
         if method == "divergence":
             lt = teacher.apply({"params": teacher_params}, _context(chunk), chunk)[:, :-1]
             ls = base.apply({"params": base_params}, _context(chunk), chunk)[:, :-1]
-            mean = np.asarray(prov.selection_scores(lt, ls, divergence=s.divergence, mask=jnp.asarray(chunk_mask)))  # fmt: skip
+            mean = np.asarray(prov.selection_scores(teacher_logits=lt, student_logits=ls, divergence=s.divergence, mask=jnp.asarray(chunk_mask)))  # fmt: skip
             out.append(mean if s.reduce == "mean" else mean * chunk_mask.sum(-1))
         else:  # teacher_count: sentences the teacher favours over the base student (three-way)
             scorers = {"teacher": (teacher, teacher_params), "base": (base, base_params)}
             action, rows_of = sentence_log_probs(config, chunk, start, scorers)
-            cats = prov.classify_actions(action["teacher"], action["base"], rule="three_way", beta=config.provenance.beta)  # fmt: skip
+            cats = prov.classify_actions(teacher_logp=action["teacher"], student_logp=action["base"], rule="three_way", beta=config.provenance.beta)  # fmt: skip
             counts = prov.provenance_summary(cats, rows_of, chunk.shape[0], num_categories=3).counts  # fmt: skip
             out.append(np.asarray(counts[:, prov.TEACHER], np.float64))
     return np.concatenate(out)

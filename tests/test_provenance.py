@@ -22,6 +22,12 @@ def float64():
         yield
 
 
+def classify(*logps, **options):
+    """``classify_actions`` on positional (teacher, student[, distilled]) log-probabilities."""
+    roles = ("teacher_logp", "student_logp", "distilled_logp")
+    return pv.classify_actions(**dict(zip(roles, logps, strict=False)), **options)
+
+
 def exp(log_p):
     """``p = exp(log p)`` as the definition evaluates it (XLA's exp; numpy's differs in the last
     ulp for some inputs, which matters only exactly at a threshold)."""
@@ -65,10 +71,10 @@ HAND = [
 
 def test_hand_built_actions_get_their_category():
     p = np.array([row for row, _ in HAND])
-    got = pv.classify_actions(*np.log(p).T)
+    got = classify(*np.log(p).T)
     assert got.dtype == jnp.int32
     np.testing.assert_array_equal(got, [c for _, c in HAND])
-    three = pv.classify_actions(*np.log(p[:, :2]).T, rule="three_way")
+    three = classify(*np.log(p[:, :2]).T, rule="three_way")
     np.testing.assert_array_equal(three, [TEACHER, STUDENT, COMMON, COMMON, COMMON, TEACHER, COMMON, COMMON])  # fmt: skip
 
 
@@ -77,17 +83,19 @@ def test_zero_probabilities_are_exact():
     t = np.array([0.0, NEG_INF, NEG_INF, NEG_INF, 0.0])
     s = np.array([NEG_INF, 0.0, NEG_INF, NEG_INF, 0.0])
     d = np.array([NEG_INF, NEG_INF, NEG_INF, 0.0, 0.0])
-    np.testing.assert_array_equal(pv.classify_actions(t, s, d), [TEACHER, STUDENT, SHARED, BOOSTED, SHARED])  # fmt: skip
+    np.testing.assert_array_equal(pv.classify_actions(teacher_logp=t, student_logp=s, distilled_logp=d), [TEACHER, STUDENT, SHARED, BOOSTED, SHARED])  # fmt: skip
     # alpha = 0: shared only for exact equality, which 0 == 0 and 1 == 1 are.
-    np.testing.assert_array_equal(pv.classify_actions(t, s, d, alpha=0.0), [TEACHER, STUDENT, SHARED, BOOSTED, SHARED])  # fmt: skip
+    np.testing.assert_array_equal(pv.classify_actions(teacher_logp=t, student_logp=s, distilled_logp=d, alpha=0.0), [TEACHER, STUDENT, SHARED, BOOSTED, SHARED])  # fmt: skip
 
 
 def test_missing_actions_are_minus_one():
     t = np.array([np.nan, -0.1, -0.1])
     s = np.array([-0.1, np.nan, -0.1])
     d = np.array([-0.1, -0.1, np.nan])
-    np.testing.assert_array_equal(pv.classify_actions(t, s, d), [MISSING] * 3)
-    np.testing.assert_array_equal(pv.classify_actions(t, s, rule="three_way"), [MISSING, MISSING, COMMON])  # fmt: skip
+    np.testing.assert_array_equal(
+        pv.classify_actions(teacher_logp=t, student_logp=s, distilled_logp=d), [MISSING] * 3
+    )
+    np.testing.assert_array_equal(pv.classify_actions(teacher_logp=t, student_logp=s, rule="three_way"), [MISSING, MISSING, COMMON])  # fmt: skip
 
 
 def test_boundaries_at_exact_probabilities():
@@ -95,15 +103,38 @@ def test_boundaries_at_exact_probabilities():
     one, zero = np.array([0.0]), np.array([NEG_INF])
     below_one = float(np.nextafter(1.0, 0.0))
     assert (
-        pv.classify_actions(one, zero, rule="three_way", beta=1.0) == COMMON
+        pv.classify_actions(teacher_logp=one, student_logp=zero, rule="three_way", beta=1.0)
+        == COMMON
     )  # D_TS > beta strict
-    assert pv.classify_actions(one, zero, rule="three_way", beta=below_one) == TEACHER
-    assert pv.classify_actions(zero, one, rule="three_way", beta=1.0) == COMMON
-    assert pv.classify_actions(zero, one, rule="three_way", beta=below_one) == STUDENT
-    assert pv.classify_actions(one, zero, one, alpha=1.0, beta=0.5) == SHARED  # shared first, <= inclusive  # fmt: skip
-    assert pv.classify_actions(one, zero, one, alpha=below_one, beta=0.5) == TEACHER
-    assert pv.classify_actions(one, one, zero, alpha=1.0) == SHARED
-    assert pv.classify_actions(one, one, zero, alpha=below_one) == BOOSTED
+    assert (
+        pv.classify_actions(teacher_logp=one, student_logp=zero, rule="three_way", beta=below_one)
+        == TEACHER
+    )
+    assert (
+        pv.classify_actions(teacher_logp=zero, student_logp=one, rule="three_way", beta=1.0)
+        == COMMON
+    )
+    assert (
+        pv.classify_actions(teacher_logp=zero, student_logp=one, rule="three_way", beta=below_one)
+        == STUDENT
+    )
+    assert pv.classify_actions(teacher_logp=one, student_logp=zero, distilled_logp=one, alpha=1.0, beta=0.5) == SHARED  # shared first, <= inclusive  # fmt: skip
+    assert (
+        pv.classify_actions(
+            teacher_logp=one, student_logp=zero, distilled_logp=one, alpha=below_one, beta=0.5
+        )
+        == TEACHER
+    )
+    assert (
+        pv.classify_actions(teacher_logp=one, student_logp=one, distilled_logp=zero, alpha=1.0)
+        == SHARED
+    )
+    assert (
+        pv.classify_actions(
+            teacher_logp=one, student_logp=one, distilled_logp=zero, alpha=below_one
+        )
+        == BOOSTED
+    )
 
 
 def test_boundaries_in_the_middle():
@@ -111,15 +142,18 @@ def test_boundaries_in_the_middle():
     pt, ps, pd = exp(lt), exp(ls), exp(ld)
     beta = float(pt - ps)  # D_TS exactly beta: not teacher (strict), so boosted / common
     args = np.array([lt]), np.array([ls]), np.array([ld])
-    assert pv.classify_actions(*args, beta=beta) == BOOSTED
-    assert pv.classify_actions(*args, beta=float(np.nextafter(beta, 0.0))) == TEACHER
-    assert pv.classify_actions(*args[:2], rule="three_way", beta=beta) == COMMON
-    assert pv.classify_actions(args[1], args[0], rule="three_way", beta=beta) == COMMON
-    assert pv.classify_actions(args[1], args[0], rule="three_way", beta=float(np.nextafter(beta, 0.0))) == STUDENT  # fmt: skip
+    assert classify(*args, beta=beta) == BOOSTED
+    assert classify(*args, beta=float(np.nextafter(beta, 0.0))) == TEACHER
+    assert classify(*args[:2], rule="three_way", beta=beta) == COMMON
+    assert (
+        pv.classify_actions(teacher_logp=args[1], student_logp=args[0], rule="three_way", beta=beta)
+        == COMMON
+    )
+    assert pv.classify_actions(teacher_logp=args[1], student_logp=args[0], rule="three_way", beta=float(np.nextafter(beta, 0.0))) == STUDENT  # fmt: skip
     # alpha: shared needs the largest of the three differences <= alpha (inclusive).
     alpha = float(max(abs(pt - ps), abs(pt - pd), abs(ps - pd)))
-    assert pv.classify_actions(*args, alpha=alpha, beta=0.9) == SHARED
-    assert pv.classify_actions(*args, alpha=float(np.nextafter(alpha, 0.0)), beta=0.9) == BOOSTED
+    assert classify(*args, alpha=alpha, beta=0.9) == SHARED
+    assert classify(*args, alpha=float(np.nextafter(alpha, 0.0)), beta=0.9) == BOOSTED
 
 
 @pytest.mark.parametrize("alpha, beta", [(0.05, 0.1), (0.2, 0.1), (0.0, 0.0)])
@@ -133,14 +167,18 @@ def test_rules_match_a_numpy_loop(alpha, beta):
     p = exp(logp)
     want4 = [np_rule(*col, alpha=alpha, beta=beta) for col in p.T]
     want3 = [np_rule(*col[:2], alpha=alpha, beta=beta) for col in p.T]
-    np.testing.assert_array_equal(pv.classify_actions(*logp, alpha=alpha, beta=beta), want4)
-    np.testing.assert_array_equal(pv.classify_actions(*logp[:2], rule="three_way", alpha=alpha, beta=beta), want3)  # fmt: skip
+    np.testing.assert_array_equal(classify(*logp, alpha=alpha, beta=beta), want4)
+    np.testing.assert_array_equal(classify(*logp[:2], rule="three_way", alpha=alpha, beta=beta), want3)  # fmt: skip
     assert set(want4) == {MISSING, SHARED, TEACHER, STUDENT, BOOSTED} or alpha == beta == 0.0
 
 
 def test_classify_under_jit_with_traced_thresholds():
     p = np.array([row for row, _ in HAND])
-    f = jax.jit(lambda t, s, d, a, b: pv.classify_actions(t, s, d, alpha=a, beta=b))
+    f = jax.jit(
+        lambda t, s, d, a, b: pv.classify_actions(
+            teacher_logp=t, student_logp=s, distilled_logp=d, alpha=a, beta=b
+        )
+    )
     np.testing.assert_array_equal(f(*np.log(p).T, 0.05, 0.1), [c for _, c in HAND])
 
 
@@ -188,7 +226,7 @@ def test_a_zero_probability_token_makes_a_teacher_action():
     distilled = np.log([0.9, 0.7, 0.9, 0.5, 0.5])
     a = [pv.action_log_probs(x, ids, 2) for x in (teacher, student, distilled)]
     assert a[1][0] == NEG_INF
-    np.testing.assert_array_equal(pv.classify_actions(*a), [TEACHER, SHARED])
+    np.testing.assert_array_equal(classify(*a), [TEACHER, SHARED])
 
 
 def test_token_log_probs_gather_the_realised_token():
@@ -265,19 +303,21 @@ def test_selection_scores_match_numpy_kl_and_js():
     mask[0, :3], mask[2] = True, False
     t[~mask] = np.nan  # masked positions may hold anything
     p, q = np_softmax(t), np_softmax(s)
-    kl = pv.selection_scores(t, s, mask=mask, reduce="token")
+    kl = pv.selection_scores(teacher_logits=t, student_logits=s, mask=mask, reduce="token")
     assert kl[0, 0] == pytest.approx(math.log(5), rel=1e-14) and kl[0, 1] == np.inf
     np.testing.assert_allclose(kl, np.where(mask, np_kl(p, q), np.nan), rtol=1e-10)
-    js = pv.selection_scores(t, s, divergence="js", mask=mask, reduce="token")
+    js = pv.selection_scores(
+        teacher_logits=t, student_logits=s, divergence="js", mask=mask, reduce="token"
+    )
     assert js[0, 2] == pytest.approx(math.log(2), rel=1e-14)
     np.testing.assert_allclose(js, np.where(mask, np_js(p, q), np.nan), rtol=1e-10)
     # per sequence: the mean over the unmasked positions (row 0 holds the +inf), NaN for none
-    seq = pv.selection_scores(t, s, mask=mask)
+    seq = pv.selection_scores(teacher_logits=t, student_logits=s, mask=mask)
     assert seq[0] == np.inf and np.isnan(seq[2])
     np.testing.assert_allclose(seq[1], np_kl(p, q)[1][mask[1]].mean(), rtol=1e-10)
     # no mask: every position
     u, v = rng.normal(size=(3, 6, 5)), rng.normal(size=(3, 6, 5))
-    np.testing.assert_allclose(pv.selection_scores(u, v), np_kl(np_softmax(u), np_softmax(v)).mean(-1), rtol=1e-10)  # fmt: skip
+    np.testing.assert_allclose(pv.selection_scores(teacher_logits=u, student_logits=v), np_kl(np_softmax(u), np_softmax(v)).mean(-1), rtol=1e-10)  # fmt: skip
 
 
 def test_select_top_ties_and_rounding():
@@ -305,14 +345,52 @@ def test_select_per_group():
 @pytest.mark.parametrize(
     "call, match",
     [
-        (lambda: pv.classify_actions([-0.1], [-0.1], [-0.1], rule="five_way"), "rule="),
-        (lambda: pv.classify_actions([-0.1], [-0.1]), "needs distilled_logp"),
-        (lambda: pv.classify_actions([-0.1], [-0.1], [-0.1], rule="three_way"), "takes none"),
-        (lambda: pv.classify_actions([-0.1], [-0.1], [-0.1], alpha=-0.1), "alpha must be"),
-        (lambda: pv.classify_actions([-0.1], [-0.1], [-0.1], beta=1.5), "beta must be"),
-        (lambda: pv.classify_actions([-0.1], [-0.1, -0.2], [-0.1]), "same shape"),
-        (lambda: pv.classify_actions([0.1], [-0.1], [-0.1]), "<= 0"),
-        (lambda: pv.classify_actions([np.inf], [-0.1], [-0.1]), "<= 0"),
+        (
+            lambda: pv.classify_actions(
+                teacher_logp=[-0.1], student_logp=[-0.1], distilled_logp=[-0.1], rule="five_way"
+            ),
+            "rule=",
+        ),
+        (
+            lambda: pv.classify_actions(teacher_logp=[-0.1], student_logp=[-0.1]),
+            "needs distilled_logp",
+        ),
+        (
+            lambda: pv.classify_actions(
+                teacher_logp=[-0.1], student_logp=[-0.1], distilled_logp=[-0.1], rule="three_way"
+            ),
+            "takes none",
+        ),
+        (
+            lambda: pv.classify_actions(
+                teacher_logp=[-0.1], student_logp=[-0.1], distilled_logp=[-0.1], alpha=-0.1
+            ),
+            "alpha must be",
+        ),
+        (
+            lambda: pv.classify_actions(
+                teacher_logp=[-0.1], student_logp=[-0.1], distilled_logp=[-0.1], beta=1.5
+            ),
+            "beta must be",
+        ),
+        (
+            lambda: pv.classify_actions(
+                teacher_logp=[-0.1], student_logp=[-0.1, -0.2], distilled_logp=[-0.1]
+            ),
+            "same shape",
+        ),
+        (
+            lambda: pv.classify_actions(
+                teacher_logp=[0.1], student_logp=[-0.1], distilled_logp=[-0.1]
+            ),
+            "<= 0",
+        ),
+        (
+            lambda: pv.classify_actions(
+                teacher_logp=[np.inf], student_logp=[-0.1], distilled_logp=[-0.1]
+            ),
+            "<= 0",
+        ),
         (lambda: pv.action_log_probs([-0.1, -0.2], [0, 3], 3), r"\[-1, 3\)"),
         (lambda: pv.action_log_probs([-0.1, -0.2], [0, -2], 3), r"\[-1, 3\)"),
         (lambda: pv.action_log_probs([-0.1, -0.2], [0.0, 1.0], 3), "integers"),
@@ -328,11 +406,28 @@ def test_select_per_group():
         (lambda: pv.provenance_summary([0, 4], [0, 0], 1), r"\[-1, 4\)"),
         (lambda: pv.provenance_summary([0, 1], [0, 2], 2), r"\[-1, 2\)"),
         (lambda: pv.provenance_summary([0, 1], [0], 2), "same shape"),
-        (lambda: pv.selection_scores(np.zeros((2, 3)), np.zeros((2, 3)), reduce="max"), "reduce="),
-        (lambda: pv.selection_scores(np.zeros((2, 3)), np.zeros((2, 4))), "one shape"),
-        (lambda: pv.selection_scores(np.zeros(3), np.zeros(3)), r"\[\.\.\., T, V\]"),
         (
-            lambda: pv.selection_scores(np.zeros((2, 3)), np.zeros((2, 3)), mask=np.ones(3, bool)),
+            lambda: pv.selection_scores(
+                teacher_logits=np.zeros((2, 3)), student_logits=np.zeros((2, 3)), reduce="max"
+            ),
+            "reduce=",
+        ),
+        (
+            lambda: pv.selection_scores(
+                teacher_logits=np.zeros((2, 3)), student_logits=np.zeros((2, 4))
+            ),
+            "one shape",
+        ),
+        (
+            lambda: pv.selection_scores(teacher_logits=np.zeros(3), student_logits=np.zeros(3)),
+            r"\[\.\.\., T, V\]",
+        ),
+        (
+            lambda: pv.selection_scores(
+                teacher_logits=np.zeros((2, 3)),
+                student_logits=np.zeros((2, 3)),
+                mask=np.ones(3, bool),
+            ),
             "mask",
         ),  # fmt: skip
         (lambda: pv.select_top([1.0, 2.0], 0), r"\[1, 2\]"),
@@ -353,7 +448,9 @@ def test_bad_inputs_are_refused(call, match):
 
 def test_unknown_divergence_is_refused():
     with pytest.raises((ValueError, KeyError)):
-        pv.selection_scores(np.zeros((2, 3)), np.zeros((2, 3)), divergence="no-such-f")
+        pv.selection_scores(
+            teacher_logits=np.zeros((2, 3)), student_logits=np.zeros((2, 3)), divergence="no-such-f"
+        )
 
 
 def test_exported_from_fdiv_analysis():

@@ -233,10 +233,10 @@ def _action_log_probs(lp, ids, valid, num_segments: int, normalize: str) -> jax.
 
 
 def classify_actions(
+    *,
     teacher_logp: ArrayLike,
     student_logp: ArrayLike,
     distilled_logp: ArrayLike | None = None,
-    *,
     rule: str = "four_way",
     alpha: float = 0.05,
     beta: float = 0.1,
@@ -347,9 +347,9 @@ def _summary(cats, ids, num_sequences: int, num_categories: int) -> Provenance:
 
 
 def selection_scores(
+    *,
     teacher_logits: ArrayLike,
     student_logits: ArrayLike,
-    *,
     divergence: str | gen.Generator = "kl",
     mask: ArrayLike | None = None,
     reduce: str = "sequence",
