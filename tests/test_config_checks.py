@@ -117,7 +117,7 @@ def test_the_issue_values_are_rejected(name, path, bad):
         experiment.validate(with_value(config, path, bad))
 
 
-def test_an_unused_divergence_name_is_still_rejected():
+def test_an_unused_divergence_is_still_rejected():
     """divergence=foo with method=vanilla: the name is checked whatever the method."""
     config, experiment = load("kd_digits")
     assert config.method == "vanilla"
