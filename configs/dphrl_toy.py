@@ -17,7 +17,7 @@ from configs._lm_common import base_config
 
 
 def get_config():
-    c = base_config("dphrl")
+    c = base_config("lm_dphrl")
     c.length = 4
     c.divergence = "forward_kl"
     c.eta = 1.0

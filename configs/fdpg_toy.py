@@ -11,7 +11,7 @@ from configs._lm_common import base_config
 
 
 def get_config():
-    c = base_config("fdpg")
+    c = base_config("lm_fdpg")
     c.divergence = "forward_kl"
     c.constraint = {"token": 0, "minimum": 2, "floor": 0.0}
     c.baseline_decay = 0.9

@@ -10,7 +10,7 @@ from configs._lm_common import base_config
 
 
 def get_config():
-    c = base_config("fdpo")
+    c = base_config("lm_fdpo")
     c.divergence = "reverse_kl"
     c.beta = 0.5
     c.alpha = 0.5

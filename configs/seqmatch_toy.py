@@ -11,7 +11,7 @@ from configs._lm_common import base_config
 
 
 def get_config():
-    c = base_config("seqmatch")
+    c = base_config("lm_seqmatch")
     c.divergence = "chi2"
     c.backspace_rate = 0.5
     # the chi^2 term's weight is 1/(4 alpha); alpha = 1 flattened the policy (10% unfinished)

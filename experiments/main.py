@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
+import re
 import sys
 
 from absl import app, flags, logging
@@ -24,18 +26,46 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, plots.")
 flags.mark_flags_as_required(["config", "workdir"])
 
-EXPERIMENTS = {
-    "kd": "experiments.kd",
-    "fdistill": "experiments.fdistill",
-    "fdpo": "experiments.lm_fdpo",
-    "fdpg": "experiments.lm_fdpg",
-    "dphrl": "experiments.lm_dphrl",
-    "seqmatch": "experiments.lm_seqmatch",
-    "dkm": "experiments.dkm",
-    "lm_analysis": "experiments.lm_analysis",
-    "lm_kd": "experiments.lm_kd",
-    "lm_reasoning": "experiments.lm_reasoning",
-}
+REQUIRED = ("validate", "run", "format_summary")
+
+
+def available() -> list[str]:
+    """The experiments in this package: its modules that define (or bind) every function of
+    :data:`REQUIRED` at top level (read as text: nothing is imported for an error message)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    names = []
+    for filename in sorted(os.listdir(here)):
+        if filename.endswith(".py") and not filename.startswith("_"):
+            with open(os.path.join(here, filename), encoding="utf-8") as f:
+                text = f.read()
+            if all(re.search(rf"^(def {fn}\(|{fn} = )", text, re.M) for fn in REQUIRED):
+                names.append(filename[: -len(".py")])
+    return names
+
+
+def experiment_module(name):
+    """The module ``config.experiment`` names: ``experiments.<name>``, or any importable module
+    for a dotted name (an experiment of your own). An experiment is a module that defines
+    ``validate(config)``, ``run(config, workdir) -> summary`` and ``format_summary(summary)``:
+    adding one is a module and a config, nothing to register.
+
+    Raises:
+      ValueError: no such module (the message lists :func:`available`), or it lacks a function.
+    """
+    path = name if isinstance(name, str) and "." in name else f"experiments.{name}"
+    try:
+        module = importlib.import_module(path)
+    except (ModuleNotFoundError, TypeError) as e:
+        if isinstance(e, ModuleNotFoundError) and e.name != path:
+            raise  # the module exists but one of its own imports is missing
+        raise ValueError(
+            f"config.experiment={name!r}: there is no module {path}; the experiments are "
+            f"{', '.join(available())} (or a dotted module path of your own)"
+        ) from None
+    missing = [fn for fn in REQUIRED if not callable(getattr(module, fn, None))]
+    if missing:
+        raise ValueError(f"config.experiment={name!r}: {path} does not define {', '.join(missing)}")
+    return module
 
 
 def main(argv) -> None:
@@ -43,10 +73,10 @@ def main(argv) -> None:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
     config = _CONFIG.value
-    if config.get("experiment") not in EXPERIMENTS:
-        raise app.UsageError(
-            f"config.experiment={config.get('experiment')!r} is not one of {sorted(EXPERIMENTS)}"
-        )
+    try:
+        experiment = experiment_module(config.get("experiment"))
+    except ValueError as e:
+        raise app.UsageError(str(e)) from None
 
     # jax.distributed must be initialised before any other JAX call.
     from fdiv.train import parallel
@@ -67,7 +97,6 @@ def main(argv) -> None:
             raise
         print(f"error: {e}", file=sys.stderr)  # auto-detection found no cluster
         sys.exit(1)
-    experiment = importlib.import_module(EXPERIMENTS[config.experiment])
     try:
         experiment.validate(config)
     except ValueError as e:

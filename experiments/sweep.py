@@ -188,7 +188,7 @@ def run_one(base_path: str, fixed, setting, seed: int, workdir: str, run_dir: st
 
     logging.set_verbosity(logging.WARNING)
     config = run_config(base_path, fixed, setting, seed, workdir)
-    experiment = importlib.import_module(main.EXPERIMENTS[config.experiment])
+    experiment = main.experiment_module(config.experiment)
     return numbers(wait_for_workdir(lambda: experiment.run(config, run_dir), run_dir))
 
 
@@ -327,7 +327,7 @@ def sweep(args: argparse.Namespace) -> str:
     for setting in grid_settings:
         for seed in seeds:
             config = run_config(args.config, fixed, setting, seed, args.workdir)
-            experiment = importlib.import_module(main.EXPERIMENTS[config.experiment])
+            experiment = main.experiment_module(config.experiment)
             experiment.validate(config)
     record = {
         "config": os.path.normpath(args.config),

@@ -23,7 +23,7 @@ CONFIG_NAMES = sorted(
 
 def load(name: str):
     config = importlib.import_module(f"configs.{name}").get_config()
-    experiment = importlib.import_module(main.EXPERIMENTS[config.experiment])
+    experiment = main.experiment_module(config.experiment)
     return config, experiment
 
 

@@ -64,22 +64,27 @@ def run(config, workdir):
         "eval/score": -(config.x - 3.0) ** 2 + bonus,
         "eval/other": 10.0 * config.x,
     }
+
+def format_summary(summary):
+    return str(summary)
 """
 
 TOY_CONFIG = """
 from ml_collections import ConfigDict
 
 def get_config():
-    return ConfigDict({"experiment": "toy", "x": 0.0, "kind": "a", "train": {"seed": 0}})
+    return ConfigDict({"experiment": "toy_pkg.toy_experiment", "x": 0.0, "kind": "a", "train": {"seed": 0}})
 """
 
 
 @pytest.fixture
 def toy(tmp_path, monkeypatch):
-    (tmp_path / "toy_experiment.py").write_text(textwrap.dedent(TOY_EXPERIMENT))
+    # an experiment of one's own: a module outside the package, named by its dotted path
+    (tmp_path / "toy_pkg").mkdir()
+    (tmp_path / "toy_pkg" / "__init__.py").write_text("")
+    (tmp_path / "toy_pkg" / "toy_experiment.py").write_text(textwrap.dedent(TOY_EXPERIMENT))
     (tmp_path / "toy_config.py").write_text(textwrap.dedent(TOY_CONFIG))
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setitem(experiments_main.EXPERIMENTS, "toy", "toy_experiment")
     return tmp_path
 
 
@@ -148,3 +153,17 @@ def test_sweep_resumes_finished_runs_and_refuses_a_changed_grid(tmp_path):
     with pytest.raises(sweep.SweepError, match="holds a different sweep"):
         sweep.sweep(sweep.parser().parse_args([*common, "--grid=temperature=1.0,2.0"]))
     assert not (workdir / "temperature=2.0").exists()
+
+
+def test_an_experiment_is_found_by_its_module_alone(toy):
+    """config.experiment names a module: experiments.<name>, or a dotted path of one's own; an
+    unknown name lists the experiments the package has."""
+    assert experiments_main.experiment_module("kd").__name__ == "experiments.kd"
+    assert experiments_main.experiment_module("toy_pkg.toy_experiment").run
+    available = experiments_main.available()
+    assert {"kd", "fdistill", "lm_fdpo", "lm_kd", "lm_reasoning", "dkm"} <= set(available)
+    assert "sweep" not in available and "main" not in available  # modules, not experiments
+    with pytest.raises(ValueError, match="the experiments are .*fdistill.*kd"):
+        experiments_main.experiment_module("fdpo")
+    with pytest.raises(ValueError, match="does not define validate, run, format_summary"):
+        experiments_main.experiment_module("experiments._tables")
