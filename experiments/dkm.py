@@ -41,13 +41,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from experiments import _checks
 from fdiv import data as fdata
 from fdiv import plots
 from fdiv.losses import dkm as dkm_losses
-from fdiv.train import Task, TrainConfig, Update, parallel, paths, train
+from fdiv.train import Task, TrainConfig, Update, optim, parallel, paths, train
 
 METHODS = ("dkm", "nngp", "gp")
 DATASETS = ("diabetes", "digits")
@@ -444,7 +443,7 @@ def run_one(config, method: str, seed: int, workdir: str) -> dict[str, Any]:
     task = Task(
         init=init,
         updates=[Update("model", loss, ("model",))],
-        optimizers={"model": make_optimizer(opt, tcfg.total_steps)},
+        optimizers={"model": optim.from_config(opt, tcfg.total_steps, final_fraction=0.01)},
         train_data=data.train,
         eval_data=data.test,
         predict=predict,
@@ -455,14 +454,6 @@ def run_one(config, method: str, seed: int, workdir: str) -> dict[str, Any]:
     result = train(task, tcfg, workdir, config_json=json.dumps(run_json, sort_keys=True))
     params = parallel.to_host(result.state.params["model"])
     return {"summary": result.summary, "params": params, "data": data, "subset": subset}
-
-
-def make_optimizer(opt_config, total_steps: int) -> optax.GradientTransformation:
-    """Adam with a constant or cosine-decayed learning rate."""
-    lr = opt_config.learning_rate
-    if opt_config.schedule == "cosine":
-        lr = optax.cosine_decay_schedule(lr, max(total_steps, 1), alpha=0.01)
-    return optax.adam(lr, b1=opt_config.b1, b2=opt_config.b2)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:

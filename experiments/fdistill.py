@@ -41,7 +41,7 @@ from fdiv import diffusion, generators, metrics, models, plots
 from fdiv.losses import diffusion as dl
 from fdiv.models.critic import FeatureDiscriminator, NoiseClassifier
 from fdiv.models.score import ScoreCNN, ScoreMLP
-from fdiv.train import Task, TrainConfig, Update, parallel, paths, train
+from fdiv.train import Task, TrainConfig, Update, optim, parallel, paths, train
 
 METHODS = ("fdistill", "sim")
 DATASETS = ("mog", "digits", "cifar10")
@@ -167,20 +167,6 @@ def optimizer_updates(config) -> dict[str, int]:
     total = config.train.total_steps
     critic = total * config.critic_steps
     return {"generator": total, "fake_score": critic, "discriminator": critic}
-
-
-def make_optimizer(opt_config, total_steps) -> optax.GradientTransformation:
-    """AdamW (FastGen's optimiser) with an optional global-norm gradient clip and cosine decay."""
-    lr = opt_config.learning_rate
-    schedule = (
-        optax.cosine_decay_schedule(lr, total_steps) if opt_config.schedule == "cosine" else lr
-    )
-    adam = optax.adamw(
-        schedule, b1=opt_config.b1, b2=opt_config.b2, weight_decay=opt_config.weight_decay
-    )
-    if opt_config.clip_norm is None:
-        return adam
-    return optax.chain(optax.clip_by_global_norm(opt_config.clip_norm), adam)
 
 
 def _denoiser_module(config, shape):
@@ -652,8 +638,13 @@ def build_task(config: ml_collections.ConfigDict, workdir: str = "") -> tuple[Ta
 
     critics = ("fake_score", "discriminator") if use_discriminator else ("fake_score",)
     counts = optimizer_updates(config)
-    optimizers = {name: make_optimizer(config.critic_optimizer, counts[name]) for name in critics}
-    optimizers["generator"] = make_optimizer(config.generator_optimizer, counts["generator"])
+    optimizers = {
+        name: optim.from_config(config.critic_optimizer, counts[name], name="adamw")
+        for name in critics
+    }
+    optimizers["generator"] = optim.from_config(
+        config.generator_optimizer, counts["generator"], name="adamw"
+    )
 
     def predict(params, model_state, batch):
         # Evaluated: the EMA of the generator's weights where there is one (FastGen), else the raw.

@@ -23,14 +23,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from experiments import _checks
 from experiments._checks import stage_config_json
 from fdiv import analysis, generators, metrics, models, plots
 from fdiv import data as fdata
 from fdiv.losses import kd as kd_losses
-from fdiv.train import Task, TrainConfig, Update, parallel, train
+from fdiv.train import Task, TrainConfig, Update, optim, parallel, train
 
 METHODS = ("student", "vanilla", "fkd", "sinkd", "dml", "bdkd")
 OFFLINE = ("vanilla", "fkd", "sinkd")
@@ -84,35 +83,6 @@ def _model(net_config: ml_collections.ConfigDict, *, num_classes: int):
         k: (tuple(v) if isinstance(v, list | tuple) else v) for k, v in net_config[family].items()
     }
     return models.get(net_config.model, num_classes=num_classes, **kwargs)
-
-
-def make_optimizer(
-    opt_config: ml_collections.ConfigDict, total_steps: int
-) -> optax.GradientTransformation:
-    """adam / adamw / sgd (momentum 0.9, nesterov) with a constant or cosine schedule and warm-up."""
-    lr = opt_config.learning_rate
-    warmup = min(opt_config.get("warmup_steps", 0), max(total_steps - 1, 0))
-    if opt_config.schedule == "cosine":
-        schedule = optax.warmup_cosine_decay_schedule(
-            0.0 if warmup else lr, lr, warmup, max(total_steps, warmup + 1)
-        )
-    else:
-        schedule = optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup]) if warmup else lr  # fmt: skip
-    wd = opt_config.get("weight_decay", 0.0)
-    if opt_config.name == "sgd":
-        tx = optax.chain(
-            optax.add_decayed_weights(wd), optax.sgd(schedule, momentum=0.9, nesterov=True)
-        )
-    elif opt_config.name == "adamw":
-        tx = optax.adamw(schedule, weight_decay=wd)
-    else:
-        tx = (
-            optax.chain(optax.add_decayed_weights(wd), optax.adam(schedule))
-            if wd
-            else optax.adam(schedule)
-        )
-    clip = opt_config.get("clip_norm", 0.0)
-    return optax.chain(optax.clip_by_global_norm(clip), tx) if clip else tx
 
 
 class Networks:
@@ -225,7 +195,7 @@ def teacher_task(config, nets: Networks, train_data, eval_data, valid_data=None)
     return Task(
         init=lambda key: nets.init(key, ["teacher"]),
         updates=[Update("teacher", loss, ("teacher",))],
-        optimizers={"teacher": make_optimizer(config.teacher_optimizer, total)},
+        optimizers={"teacher": optim.from_config(config.teacher_optimizer, total)},
         train_data=train_data,
         eval_data=eval_data,
         valid_data=valid_data,
@@ -388,8 +358,8 @@ def train_run(config: ml_collections.ConfigDict, workdir: str) -> KDRun:
         names = ["student", "teacher"]
         update = Update("online", online_loss_fn(config, nets), ("student", "teacher"))
         optimizers = {
-            "student": make_optimizer(config.optimizer, tcfg.total_steps),
-            "teacher": make_optimizer(config.teacher_optimizer, tcfg.total_steps),
+            "student": optim.from_config(config.optimizer, tcfg.total_steps),
+            "teacher": optim.from_config(config.teacher_optimizer, tcfg.total_steps),
         }
 
         def init(key):
@@ -397,7 +367,7 @@ def train_run(config: ml_collections.ConfigDict, workdir: str) -> KDRun:
     else:
         names = ["student"] if method == "student" else ["student", "teacher"]
         update = Update("student", student_loss_fn(config, nets), ("student",))
-        optimizers = {"student": make_optimizer(config.optimizer, tcfg.total_steps)}
+        optimizers = {"student": optim.from_config(config.optimizer, tcfg.total_steps)}
 
         def init(key):
             params, model_state = nets.init(key, ["student"])

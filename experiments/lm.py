@@ -28,7 +28,7 @@ from fdiv.data import language as lang
 from fdiv.losses import kd as kd_losses
 from fdiv.models import sampling
 from fdiv.models.transformer import CausalTransformer
-from fdiv.train import Task, TrainConfig, Update, parallel, train
+from fdiv.train import Task, TrainConfig, Update, optim, parallel, train
 from fdiv.train import paths as fdiv_paths
 
 
@@ -142,8 +142,9 @@ def finish(workdir: str, summary: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
-def optimizer(learning_rate: float, clip_norm: float = 1.0) -> optax.GradientTransformation:
-    return optax.chain(optax.clip_by_global_norm(clip_norm), optax.adam(learning_rate))
+def optimizer(learning_rate: float) -> optax.GradientTransformation:
+    """The alignment experiments' optimiser: Adam at a constant rate, gradients clipped to norm 1."""
+    return optim.make_optimizer("adam", learning_rate=learning_rate, clip_norm=1.0)
 
 
 def train_base(

@@ -48,7 +48,7 @@ from fdiv import fused, generators
 from fdiv.data import text as fdata_text
 from fdiv.models import sampling
 from fdiv.models.transformer import CausalTransformer
-from fdiv.train import Task, TrainConfig, Update, parallel, train
+from fdiv.train import Task, TrainConfig, Update, optim, parallel, train
 
 METHODS = ("student", "kd")
 TEACHER_KEYS = ("corpus", "files", "data_dir", "vocab_size", "block_length", "teacher")
@@ -313,8 +313,7 @@ def samples(module, params, prompt, key, tokenizer, length: int) -> str:
 
 
 def _optimizer(learning_rate: float, steps: int) -> optax.GradientTransformation:
-    schedule = optax.cosine_decay_schedule(learning_rate, max(steps, 1))
-    return optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=0.0))
+    return optim.make_optimizer("adamw", learning_rate=learning_rate, total_steps=steps, schedule="cosine", clip_norm=1.0)  # fmt: skip
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:

@@ -50,7 +50,7 @@ from fdiv import generators
 from fdiv.analysis import provenance as prov
 from fdiv.data import reasoning as rz
 from fdiv.models.transformer import CausalTransformer
-from fdiv.train import Task, TrainConfig, Update, parallel, paths, train
+from fdiv.train import Task, TrainConfig, Update, optim, parallel, paths, train
 from fdiv.train import workdir as wd
 
 SELECTIONS = ("all", "random", "length", "divergence", "teacher_count")
@@ -186,8 +186,7 @@ def ce_loss_fn(module, name: str, start: int):
 
 
 def _optimizer(config, steps: int) -> optax.GradientTransformation:
-    schedule = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, min(100, steps // 10), max(steps, 1))  # fmt: skip
-    return optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=0.0))
+    return optim.make_optimizer("adamw", learning_rate=config.learning_rate, total_steps=steps, schedule="cosine", warmup_steps=min(100, steps // 10), clip_norm=1.0)  # fmt: skip
 
 
 def summarize_fn(config, start: int):

@@ -11,6 +11,7 @@ import pytest
 
 from experiments import fdistill
 from fdiv import generators
+from fdiv.train import optim
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +139,7 @@ def test_cosine_schedules_span_each_networks_own_updates():
     assert counts["fake_score"] == counts["discriminator"] == 3000 * c.critic_steps == 12000
 
     def update_sizes(num_updates, steps):  # |w change| per step with a cosine over num_updates
-        opt = fdistill.make_optimizer(c.critic_optimizer, num_updates)
+        opt = optim.from_config(c.critic_optimizer, num_updates, name="adamw")
         w, state, sizes = jnp.ones(()), None, []
         state = opt.init(w)
         for _ in range(steps):

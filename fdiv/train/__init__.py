@@ -7,7 +7,7 @@ process (``jax.sharding``), orbax checkpoints with exact resume, ``metrics.jsonl
 and sampling inside the step are expressed.
 """
 
-from fdiv.train import parallel
+from fdiv.train import optim, parallel
 from fdiv.train.checkpoint import Checkpointer, load_arrays
 from fdiv.train.loop import Dataset, NonFiniteError, Task, TrainConfig, TrainResult, evaluate, train
 from fdiv.train.state import LossFn, TrainState, Update, init_state, make_train_step
@@ -26,6 +26,7 @@ __all__ = [
     "init_state",
     "load_arrays",
     "make_train_step",
+    "optim",
     "parallel",
     "train",
 ]
