@@ -1,20 +1,20 @@
 """Config blocks every experiment shares: the trainer's settings and the multi-process launch."""
 
+import dataclasses
+
 from ml_collections import ConfigDict
+
+from fdiv.train import TrainConfig
+
+# The two fields TrainConfig requires; every other default is TrainConfig's own (one place).
+REQUIRED_DEFAULTS = {"total_steps": 1000, "batch_size": 64}
 
 
 def train_config(**overrides) -> ConfigDict:
-    """``config.train``: the fields of ``fdiv.train.TrainConfig``, with these defaults."""
+    """``config.train``: the fields of ``fdiv.train.TrainConfig`` with its defaults (and
+    :data:`REQUIRED_DEFAULTS` for the two it requires)."""
     fields = {
-        "total_steps": 1000,
-        "batch_size": 64,
-        "seed": 0,
-        "eval_batch_size": 0,
-        "log_every": 100,
-        "eval_every": 0,
-        "checkpoint_every": 500,
-        "keep_checkpoints": 2,
-        "progress": True,
+        f.name: REQUIRED_DEFAULTS.get(f.name, f.default) for f in dataclasses.fields(TrainConfig)
     }
     unknown = sorted(set(overrides) - set(fields))
     if unknown:

@@ -110,7 +110,7 @@ class TrainConfig:
     batch_size: int
     seed: int = 0
     eval_batch_size: int = 0
-    log_every: int = 50
+    log_every: int = 100
     eval_every: int = 0
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
