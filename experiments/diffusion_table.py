@@ -131,6 +131,78 @@ def table(rows, seeds, results, teacher_row=True) -> list[str]:
     return lines
 
 
+def methods_section(results, panels, seeds, out) -> list[str]:
+    """The main table over ``seeds`` and the figure of the first seed's samples (beside ``out``)."""
+    mix = fdistill._mixture(make_config("configs.fdistill_mog", {}, seeds[0], "", 0))
+    figure = os.path.splitext(out)[0] + "_samples.png"
+    plots.scatter_grid(
+        {k: np.asarray(v, np.float32) for k, v in panels.items()},
+        figure,
+        density_fn=lambda x: np.asarray(fdata.mixture_log_prob(mix, jnp.asarray(x))),
+        extent=fdistill.plot_extent(mix),
+        ncols=4,
+    )
+    weights = ", ".join(f"{w:.3f}" for w in np.asarray(mix.weights))
+    steps = results[(METHODS[0][0], seeds[0])]["step"]
+    return [
+        "## Every method, the official update",
+        "",
+        f"Mixture weights {weights} (std 0.25, radius 4). Teacher: an EDM `ScoreMLP` denoiser "
+        "(3 × 256) fitted to 20,000 samples, one per seed; the generator and the fake score "
+        f"start as copies of it. {steps:,.0f} generator updates (f-distill: 4 critic updates "
+        "each; SIM: 1). Metrics "
+        "against 5,000 true samples, mean ± sample std over seeds "
+        f"{', '.join(map(str, seeds))}: a mode is covered when it holds ≥ 20% of its expected "
+        "count within 3 std; high quality = fraction of samples within 3 std of a mode; MMD² "
+        "(RBF, bandwidths 0.1–5) and energy distance; k-NN (k = 5) precision / recall.",
+        "",
+        *table([m[0] for m in METHODS], seeds, results),
+        "",
+        f"![samples]({os.path.basename(figure)})",
+        "",
+        f"Samples of seed {seeds[0]} over the true density's contours: "
+        f"`{os.path.basename(figure)}`.",
+        "",
+    ]
+
+
+def ablations_section(results, ablation_seeds) -> list[str]:
+    return [
+        f"## Ablations ({ABLATION_F.upper()}): each piece of the official update off alone",
+        "",
+        f"Seeds {', '.join(map(str, ablation_seeds))}; everything else as above.",
+        "",
+        *table([a[0] for a in ABLATIONS], ablation_seeds, results, teacher_row=False),
+        "",
+    ]
+
+
+def digits_section(results, seed) -> list[str]:
+    lines = [
+        "| f | Fréchet distance | teacher's Heun samples | training images | classes present "
+        "(≥ 2%) | class histogram (0–9) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, _ in DIGITS:
+        summary = results[(label, "digits")]
+        histogram = " ".join(f"{summary[f'eval/class_{k}']:.2f}" for k in range(10))
+        lines.append(
+            f"| {label} | {summary['eval/frechet']:.2f} | {summary['eval/teacher_frechet']:.2f}"
+            f" | {summary['eval/data_frechet']:.2f} | {summary['eval/classes_present']:.0f} "
+            f"| {histogram} |"
+        )
+    return [
+        "## Digits (8 × 8, `configs/fdistill_digits.py`, seed " + str(seed) + ")",
+        "",
+        "Fréchet distance in the hidden layer of an MLP classifier against the 360 test "
+        "images; the class histogram is that classifier's prediction on 1,000 generated "
+        "digits.",
+        "",
+        *lines,
+        "",
+    ]
+
+
 def jobs_of(args, seeds, ablation_seeds, parts) -> list[tuple]:
     """Every run of the requested parts as ``(key, run_one's arguments)``; the methods' runs
     ordered seed-innermost, so that parallel workers train different seeds' teachers at once."""
@@ -198,70 +270,11 @@ def main() -> None:
     run_seconds = sum(by_name[a[7]][0].get("wall_seconds", 0.0) for _, a in unique)
     sections = []
     if "methods" in parts:
-        mix = fdistill._mixture(make_config("configs.fdistill_mog", {}, seeds[0], "", 0))
-        figure = os.path.splitext(args.out)[0] + "_samples.png"
-        plots.scatter_grid(
-            {k: np.asarray(v, np.float32) for k, v in panels.items()},
-            figure,
-            density_fn=lambda x: np.asarray(fdata.mixture_log_prob(mix, jnp.asarray(x))),
-            extent=fdistill.plot_extent(mix),
-            ncols=4,
-        )
-        weights = ", ".join(f"{w:.3f}" for w in np.asarray(mix.weights))
-        steps = results[(METHODS[0][0], seeds[0])]["step"]
-        sections += [
-            "## Every method, the official update",
-            "",
-            f"Mixture weights {weights} (std 0.25, radius 4). Teacher: an EDM `ScoreMLP` denoiser "
-            "(3 × 256) fitted to 20,000 samples, one per seed; the generator and the fake score "
-            f"start as copies of it. {steps:,.0f} generator updates (f-distill: 4 critic updates "
-            "each; SIM: 1). Metrics "
-            "against 5,000 true samples, mean ± sample std over seeds "
-            f"{', '.join(map(str, seeds))}: a mode is covered when it holds ≥ 20% of its expected "
-            "count within 3 std; high quality = fraction of samples within 3 std of a mode; MMD² "
-            "(RBF, bandwidths 0.1–5) and energy distance; k-NN (k = 5) precision / recall.",
-            "",
-            *table([m[0] for m in METHODS], seeds, results),
-            "",
-            f"![samples]({os.path.basename(figure)})",
-            "",
-            f"Samples of seed {seeds[0]} over the true density's contours: "
-            f"`{os.path.basename(figure)}`.",
-            "",
-        ]
+        sections += methods_section(results, panels, seeds, args.out)
     if "ablations" in parts:
-        sections += [
-            f"## Ablations ({ABLATION_F.upper()}): each piece of the official update off alone",
-            "",
-            f"Seeds {', '.join(map(str, ablation_seeds))}; everything else as above.",
-            "",
-            *table([a[0] for a in ABLATIONS], ablation_seeds, results, teacher_row=False),
-            "",
-        ]
+        sections += ablations_section(results, ablation_seeds)
     if "digits" in parts:
-        lines = [
-            "| f | Fréchet distance | teacher's Heun samples | training images | classes present "
-            "(≥ 2%) | class histogram (0–9) |",
-            "|---|---|---|---|---|---|",
-        ]
-        for label, _ in DIGITS:
-            summary = results[(label, "digits")]
-            histogram = " ".join(f"{summary[f'eval/class_{k}']:.2f}" for k in range(10))
-            lines.append(
-                f"| {label} | {summary['eval/frechet']:.2f} | {summary['eval/teacher_frechet']:.2f}"
-                f" | {summary['eval/data_frechet']:.2f} | {summary['eval/classes_present']:.0f} "
-                f"| {histogram} |"
-            )
-        sections += [
-            "## Digits (8 × 8, `configs/fdistill_digits.py`, seed " + str(seeds[0]) + ")",
-            "",
-            "Fréchet distance in the hidden layer of an MLP classifier against the 360 test "
-            "images; the class histogram is that classifier's prediction on 1,000 generated "
-            "digits.",
-            "",
-            *lines,
-            "",
-        ]
+        sections += digits_section(results, seeds[0])
     minutes = (time.time() - start) / 60
     command = (
         f"python -m experiments.diffusion_table --workdir={args.workdir} --out={args.out} "
