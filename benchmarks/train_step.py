@@ -58,7 +58,7 @@ from configs import kd_digits
 from configs._kd_common import network
 from experiments import kd
 from fdiv import data as fdata
-from fdiv.train import Update, init_state, make_train_step, parallel
+from fdiv.train import Update, init_state, make_train_step, optim, parallel
 from fdiv.train.loop import Prefetcher, local_batch
 
 METHODS = ("student", "vanilla", "dml", "bdkd")
@@ -96,12 +96,12 @@ class JaxStep:
         if config.method in kd.ONLINE:
             update = Update("online", kd.online_loss_fn(config, nets), ("student", "teacher"))
             optimizers = {
-                "student": kd.make_optimizer(config.optimizer, total),
-                "teacher": kd.make_optimizer(config.teacher_optimizer, total),
+                "student": optim.from_config(config.optimizer, total),
+                "teacher": optim.from_config(config.teacher_optimizer, total),
             }
         else:
             update = Update("student", kd.student_loss_fn(config, nets), ("student",))
-            optimizers = {"student": kd.make_optimizer(config.optimizer, total)}
+            optimizers = {"student": optim.from_config(config.optimizer, total)}
         self.mesh = parallel.make_data_mesh()
         replicated = parallel.replicated(self.mesh)
 
