@@ -23,6 +23,7 @@ import pytest
 import scipy.spatial.distance
 import scipy.special
 from _catalog import CATALOG_NAMES
+from _reference import f_of_u
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -73,63 +74,9 @@ CASE_IDS = [case_id(c) for c in VALUE_CASES]
 
 
 def _spec(name: str, **params):
-    """``(f, f(0+), lim_{u->inf} f(u)/u)`` of a generator, ``f`` evaluated at ``u > 0`` only.
-
-    Written from the textbook forms; the two limits are hand computations.
-    """
-    params = {**DEFAULTS.get(name, {}), **params}
-
-    def xlogx(u):
-        return u * np.log(u)
-
-    if name == "kl":
-        return xlogx, 0.0, INF
-    if name == "reverse_kl":
-        return (lambda u: -np.log(u)), INF, 0.0
-    if name in ("js", "gan"):
-        c = 1.0 if name == "gan" else 0.5
-        return (lambda u: c * (xlogx(u) - (u + 1) * np.log((u + 1) / 2))), c * LOG2, c * LOG2
-    if name == "skew_js":
-        b, normalize = params["beta"], params["normalize"]
-        if normalize and b == 0.0:  # the limit beta -> 0 is KL(P || Q) (as u log u - u + 1)
-            return (lambda u: xlogx(u) - u + 1), 1.0, INF
-        if normalize and b == 1.0:  # the limit beta -> 1 is KL(Q || P) (as u - 1 - log u)
-            return (lambda u: u - 1 - np.log(u)), INF, 1.0
-        s = 1.0 / (b * (1 - b)) if normalize else 1.0
-
-        def f(u):
-            m = b * u + 1 - b
-            return s * (b * xlogx(u) - xlogx(m))
-
-        return f, -s * (1 - b) * np.log(1 - b), -s * b * np.log(b)
-    if name == "squared_hellinger":
-        return (lambda u: (np.sqrt(u) - 1) ** 2), 1.0, 1.0
-    if name == "total_variation":
-        return (lambda u: 0.5 * np.abs(u - 1)), 0.5, 0.5
-    if name == "pearson":
-        return (lambda u: (u - 1) ** 2), 1.0, INF
-    if name == "neyman":
-        return (lambda u: (u - 1) ** 2 / u), INF, 1.0
-    if name == "jeffreys":
-        return (lambda u: (u - 1) * np.log(u)), INF, INF
-    if name == "triangular":
-        return (lambda u: (u - 1) ** 2 / (u + 1)), 1.0, 1.0
-    if name == "alpha":
-        a = params["alpha"]
-        if a == 1.0:
-            return (lambda u: xlogx(u) - u + 1), 1.0, INF
-        if a == 0.0:
-            return (lambda u: u - 1 - np.log(u)), INF, 1.0
-        f0 = 1.0 / a if a > 0 else INF
-        slope = 1.0 / (1.0 - a) if a < 1 else INF
-        return (lambda u: (u**a - a * u - (1 - a)) / (a * (a - 1))), f0, slope
-    if name == "skew_kl":
-        lam = params["lam"]
-        return (lambda u: u * np.log(u / (lam * u + 1 - lam))), 0.0, -np.log(lam) if lam else INF
-    if name == "skew_reverse_kl":
-        lam = params["lam"]
-        return (lambda u: -np.log(lam + (1 - lam) * u)), -np.log(lam) if lam else INF, 0.0
-    raise KeyError(name)
+    """``(f, f(0+), lim_{u->inf} f(u)/u)`` of a generator from the shared reference table
+    (``tests/_reference.py``: textbook forms, the two limits by hand), ``f`` at ``u > 0`` only."""
+    return f_of_u(name, **{**DEFAULTS.get(name, {}), **params})
 
 
 def ref_divergence(name: str, p, q, **params) -> np.ndarray:

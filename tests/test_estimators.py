@@ -26,6 +26,7 @@ import scipy.integrate
 import scipy.optimize
 import scipy.special
 import scipy.stats
+from _reference import f_of_u, reference
 
 import fdiv
 from fdiv import _numerics as nx
@@ -57,36 +58,14 @@ def np_gaussian_kl_1d(mu_p, sd_p, mu_q, sd_q):
     return np.log(sd_q / sd_p) + (sd_p**2 + (mu_p - mu_q) ** 2) / (2.0 * sd_q**2) - 0.5
 
 
-# Generators f(u) exactly as documented by fdiv (same additive affine form), written from u.
-F_NP = {
-    "kl": lambda u: u * np.log(u),
-    "reverse_kl": lambda u: -np.log(u),
-    "js": lambda u: 0.5 * (u * np.log(u) - (u + 1.0) * np.log((u + 1.0) / 2.0)),
-    "squared_hellinger": lambda u: (np.sqrt(u) - 1.0) ** 2,
-    "pearson": lambda u: (u - 1.0) ** 2,
-    "neyman": lambda u: (u - 1.0) ** 2 / u,
-    "total_variation": lambda u: 0.5 * np.abs(u - 1.0),
-    "jeffreys": lambda u: (u - 1.0) * np.log(u),
-    "triangular": lambda u: (u - 1.0) ** 2 / (u + 1.0),
-}
+# f, f' and f* of the shared reference table (tests/_reference.py), as functions of u and t.
+_NAMES = ("kl", "reverse_kl", "js", "squared_hellinger", "pearson", "neyman", "total_variation", "jeffreys", "triangular")  # fmt: skip
+F_NP = {name: f_of_u(name)[0] for name in _NAMES}
+_REFS = {name: reference(name) for name in ("kl", "reverse_kl", "js", "pearson")}
+F_PRIME_NP = {name: (lambda u, r=r: r.fp(np.log(u))) for name, r in _REFS.items()}
+CONJ_NP = {name: r.conj for name, r in _REFS.items()}
 # f'(1) of those forms, by hand: (u log u)' = log u + 1 -> 1; (-log u)' = -1/u -> -1; others 0.
 F_PRIME_AT_ONE = {"kl": 1.0, "reverse_kl": -1.0}
-
-# f'(u) of the same forms, by hand (the critic map T = f'(e^v) of the variational bound).
-F_PRIME_NP = {
-    "kl": lambda u: np.log(u) + 1.0,
-    "reverse_kl": lambda u: -1.0 / u,
-    "js": lambda u: 0.5 * np.log(2.0 * u / (u + 1.0)),
-    "pearson": lambda u: 2.0 * (u - 1.0),
-}
-# Fenchel conjugates f*(t) = sup_u (t u - f(u)): f-GAN (Nowozin et al. 2016, Table 2) entries,
-# with JS rescaled by 1/2 (f*(t) of f/2 is g*(2t)/2). Valid on the range of f' above.
-CONJ_NP = {
-    "kl": lambda t: np.exp(t - 1.0),
-    "reverse_kl": lambda t: -1.0 - np.log(-t),
-    "js": lambda t: -0.5 * np.log(2.0 - np.exp(2.0 * t)),
-    "pearson": lambda t: t + 0.25 * t**2,
-}
 
 
 def normalized_f_np(name, u):
