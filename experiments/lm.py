@@ -24,29 +24,13 @@ import optax
 
 import fdiv
 from experiments import _checks
+from fdiv import data as fdata
 from fdiv.data import language as lang
 from fdiv.losses import kd as kd_losses
 from fdiv.models import sampling
 from fdiv.models.transformer import CausalTransformer
 from fdiv.train import Task, TrainConfig, Update, optim, parallel, train
 from fdiv.train import paths as fdiv_paths
-
-
-class ArrayDict:
-    """In-memory examples as a dict of equal-length arrays (a trainer ``Dataset``)."""
-
-    def __init__(self, **arrays: np.ndarray):
-        lengths = {k: len(v) for k, v in arrays.items()}
-        if len(set(lengths.values())) != 1:
-            raise ValueError(f"arrays of different lengths: {lengths}")
-        self.arrays = {k: np.asarray(v) for k, v in arrays.items()}
-
-    def __len__(self) -> int:
-        return len(next(iter(self.arrays.values())))
-
-    def get(self, indices: np.ndarray) -> dict[str, np.ndarray]:
-        return {k: v[indices] for k, v in self.arrays.items()}
-
 
 # Ranges beyond experiments._checks.RULES that every LM config shares.
 FIELD_RULES = {
@@ -169,7 +153,7 @@ def train_base(
         init=lambda key: ({"policy": init_params(module, key, config.length)}, {}),
         updates=[Update("mle", mle, ("policy",))],
         optimizers={"policy": optimizer(config.base.learning_rate)},
-        train_data=ArrayDict(context=context, tokens=tokens),
+        train_data=fdata.ArrayDict(context=context, tokens=tokens),
     )
     cfg = train_config(config, total_steps=config.base.steps, batch_size=config.base.batch_size)
     # The stage's config: what decides the base policy (runs sharing base.workdir must agree).

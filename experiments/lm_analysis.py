@@ -44,8 +44,8 @@ import optax
 
 from experiments import _checks
 from experiments._tables import mean_std
-from experiments.lm import ArrayDict
 from fdiv import analysis, models, plots
+from fdiv import data as fdata
 from fdiv.data import language as lang
 from fdiv.models import sampling
 from fdiv.train import Task, TrainConfig, Update, paths, train
@@ -226,8 +226,8 @@ def run_one(config, name: str, seed: int, workdir: str) -> dict[str, Any]:
         init=init,
         updates=[Update("mle", mle, ("model",))],
         optimizers={"model": optax.adam(config.learning_rate)},
-        train_data=ArrayDict(tokens=tokens),
-        eval_data=ArrayDict(tokens=prefixes),
+        train_data=fdata.ArrayDict(tokens=tokens),
+        eval_data=fdata.ArrayDict(tokens=prefixes),
         predict=predict,
         summarize=summarize,
     )

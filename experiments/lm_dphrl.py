@@ -55,6 +55,7 @@ import ml_collections
 import numpy as np
 
 from experiments import _checks, lm
+from fdiv import data as fdata
 from fdiv import metrics
 from fdiv.data import language as lang
 from fdiv.losses import policy as policy_losses
@@ -274,7 +275,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             for m in range(M)
         ],  # fmt: skip
         optimizers={"policy": lm.optimizer(config.optimizer.learning_rate)},
-        train_data=lm.ArrayDict(**stored),
+        train_data=fdata.ArrayDict(**stored),
     )
     summary, final, _ = lm.train_policy(task, config, workdir)
     roles = {"explore": explore, "perfect": perfect, **{k: prompt_roles(config)[k] for k in ("valid", "test")}}  # fmt: skip

@@ -18,6 +18,7 @@ import ml_collections
 import numpy as np
 
 from experiments import _checks, lm
+from fdiv import data as fdata
 from fdiv import metrics
 from fdiv.data import language as lang
 from fdiv.losses import preference
@@ -95,7 +96,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         init=lambda key: ({"policy": base}, {}),
         updates=[Update("fdpo", fdpo, ("policy",))],
         optimizers={"policy": lm.optimizer(config.optimizer.learning_rate)},
-        train_data=lm.ArrayDict(
+        train_data=fdata.ArrayDict(
             chosen=seqs[chosen],
             rejected=seqs[rejected],
             ref_chosen=log_ref[chosen].astype(np.float32),

@@ -29,6 +29,7 @@ import ml_collections
 import numpy as np
 
 from experiments import _checks, lm
+from fdiv import data as fdata
 from fdiv.losses import sequence as seq_losses
 from fdiv.models import sampling
 from fdiv.train import Task, Update
@@ -107,7 +108,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         init=lambda key: ({"policy": base}, {}),
         updates=[Update(config.divergence, objective, ("policy",))],
         optimizers={"policy": lm.optimizer(config.optimizer.learning_rate)},
-        train_data=lm.ArrayDict(tokens=data),
+        train_data=fdata.ArrayDict(tokens=data),
     )
     summary, final, _ = lm.train_policy(task, config, workdir)
     return lm.finish(workdir, {**summary, **evaluate(config, module, final, language, rng)})

@@ -19,6 +19,7 @@ A training loop reads, at step ``s``::
 from fdiv.data._augment import augment_images
 from fdiv.data._datasets import (
     ArrayDataset,
+    ArrayDict,
     Dataset,
     Subset,
     TFDSDataset,
@@ -38,6 +39,7 @@ from fdiv.data.mixture import (
 
 __all__ = [
     "ArrayDataset",
+    "ArrayDict",
     "Dataset",
     "GaussianMixture",
     "Subset",

@@ -105,6 +105,23 @@ class ArrayDataset(Dataset):
         return self._inputs[indices], self._labels[indices]
 
 
+class ArrayDict:
+    """In-memory examples as a dict of equal-length arrays: a trainer dataset whose batches are
+    ``{name: array[indices]}`` (token sequences, contexts, stored samples ...)."""
+
+    def __init__(self, **arrays: np.ndarray):
+        lengths = {k: len(v) for k, v in arrays.items()}
+        if len(set(lengths.values())) != 1:
+            raise ValueError(f"arrays of different lengths: {lengths}")
+        self.arrays = {k: np.asarray(v) for k, v in arrays.items()}
+
+    def __len__(self) -> int:
+        return len(next(iter(self.arrays.values())))
+
+    def get(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        return {k: v[indices] for k, v in self.arrays.items()}
+
+
 class Subset(Dataset):
     """The examples ``indices`` of another dataset, in that order (a validation or reduced
     training split): random access maps through ``indices``, nothing is copied."""
