@@ -75,5 +75,5 @@ def make_optimizer(
 def from_config(block: Mapping[str, Any], total_steps: int, **defaults) -> optax.GradientTransformation:  # fmt: skip
     """:func:`make_optimizer` from a config block (a ConfigDict or dict with any of its argument
     names); ``defaults`` fill the fields the block does not have."""
-    fields = {**defaults, **{k: v for k, v in dict(block).items() if k != "name"}}
-    return make_optimizer(block.get("name", defaults.get("name", "adam")), total_steps=total_steps, **{k: v for k, v in fields.items() if k != "name"})  # fmt: skip
+    fields = {"name": "adam", **defaults, **dict(block)}
+    return make_optimizer(fields.pop("name"), total_steps=total_steps, **fields)

@@ -78,8 +78,9 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _exempt(path: str) -> bool:
-    return any(path == e or path.startswith(e + ".") for e in EXEMPT)
+def _exempt(path: str, prefixes=EXEMPT) -> bool:
+    """``path`` is one of ``prefixes`` or a field under one."""
+    return any(path == e or path.startswith(e + ".") for e in prefixes)
 
 
 def finished_summary(workdir: str, config: Mapping[str, Any], total_steps: int) -> dict[str, Any] | None:  # fmt: skip
