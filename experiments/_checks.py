@@ -10,7 +10,6 @@ relations between fields); their own rules are passed in as ``extra_rules``.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -23,7 +22,6 @@ __all__ = [
     "fields",
     "leaves",
     "rule_for",
-    "stage_config_json",
 ]
 
 
@@ -170,12 +168,3 @@ def _check(path: str, value: Any, rule: Rule | None) -> None:
 def allowed(field: str, value: Any, choices) -> None:
     if value not in choices:
         raise ValueError(f"{field}={value!r} is not one of {sorted(choices)}")
-
-
-def stage_config_json(config, keys, **extra) -> str:
-    """A first stage's fingerprint: the top-level ``keys`` of ``config`` that decide it (config
-    dicts as plain dicts) plus ``extra``, as sorted JSON. Runs that agree on these share the
-    stage; the trainer refuses a stage workdir whose stored fingerprint differs."""
-    out = {k: config[k].to_dict() if hasattr(config[k], "to_dict") else config[k] for k in keys}
-    out.update(extra)
-    return json.dumps(out, sort_keys=True, default=list)

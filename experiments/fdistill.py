@@ -35,13 +35,12 @@ import numpy as np
 import optax
 
 from experiments import _checks
-from experiments._checks import stage_config_json
 from fdiv import data as fdata
 from fdiv import diffusion, generators, metrics, models, plots
 from fdiv.losses import diffusion as dl
 from fdiv.models.critic import FeatureDiscriminator, NoiseClassifier
 from fdiv.models.score import ScoreCNN, ScoreMLP
-from fdiv.train import Task, TrainConfig, Update, optim, parallel, paths, train
+from fdiv.train import Task, TrainConfig, Update, fingerprint, optim, paths, train, train_stage
 
 METHODS = ("fdistill", "sim")
 DATASETS = ("mog", "digits", "cifar10")
@@ -182,7 +181,7 @@ def _stage_config_json(config, **fields) -> str:
     (SiD's SIM samples fewer levels): the teacher trains on :data:`TEACHER_INDEX_RANGE`."""
     keys = ("dataset", "sigma_data", "network", "teacher", "mixture", "num_real_samples")
     noise = {k: v for k, v in config.noise.to_dict().items() if k != "index_range"}
-    return stage_config_json(
+    return fingerprint(
         config, keys, noise=noise, seed=config.train.seed, batch_size=config.train.batch_size,
         **fields,
     )  # fmt: skip
@@ -199,13 +198,13 @@ def train_teacher(config, workdir, denoiser, x) -> Any:
     Noise levels: ``config.noise`` (the levels distillation queries, generator input included);
     loss: EDM's ``lambda(sigma) ||D(x + sigma eps) - x||^2``.
     """
-    data = fdata.ArrayDataset(config.dataset, "train", x, np.zeros(len(x), np.int32), num_classes=1)
+    data = _unlabelled(config.dataset, "train", x)
 
     def loss(params, model_state, batch, key):
         k1, k2 = jax.random.split(key)
         x0 = batch["inputs"]
         sigma = sample_sigma(k1, x0.shape[0], config, index_range=TEACHER_INDEX_RANGE)
-        x_t = x0 + diffusion.per_sample(sigma, x0) * jax.random.normal(k2, x0.shape)
+        x_t = diffusion.add_noise(x0, sigma, jax.random.normal(k2, x0.shape))
         denoised = denoiser.apply({"params": params["teacher"]}, x_t, sigma, train=True)
         value = jnp.mean(
             diffusion.edm_denoising_loss(denoised, x0, sigma, sigma_data=config.sigma_data)
@@ -232,8 +231,8 @@ def train_teacher(config, workdir, denoiser, x) -> Any:
             "batch_size": config.teacher.batch_size,
         }
     )
-    result = train(task, tconfig, workdir, config_json=_stage_config_json(config, stage="teacher"))
-    return parallel.to_host(result.state.params["teacher"])
+    stage_json = _stage_config_json(config, stage="teacher")
+    return train_stage(task, tconfig, workdir, config_json=stage_json, network="teacher").params
 
 
 def teacher_samples(config, denoise_fn, shape, n) -> np.ndarray:
@@ -355,7 +354,9 @@ def train_feature_classifier(config, workdir):
         {**config.train.to_dict(), "total_steps": config.classifier_steps}
     )
     stage_json = _stage_config_json(config, stage="classifier", steps=config.classifier_steps)
-    params = parallel.to_host(train(task, tconfig, workdir, config_json=stage_json).state.params["classifier"])  # fmt: skip
+    params = train_stage(
+        task, tconfig, workdir, config_json=stage_json, network="classifier"
+    ).params
 
     def features(images):
         flat = jnp.asarray(images).reshape(len(images), -1)
@@ -445,145 +446,155 @@ def grad_share(update: jax.Array, sigma: jax.Array, threshold: float) -> jax.Arr
     return jnp.where(total > 0, low / jnp.where(total > 0, total, 1.0), 0.0)
 
 
-def build_task(config: ml_collections.ConfigDict, workdir: str = "") -> tuple[Task, Setting]:
-    """The trainer task of ``config`` and its data setting (teacher, data, evaluation)."""
-    setting = (
-        mixture_setting(config, workdir)
-        if config.dataset == "mog"
-        else image_setting(config, workdir)
-    )
-    shape, denoiser = setting.shape, setting.denoiser
-    numel = int(np.prod(shape))
-    per_sample = diffusion.per_sample
-    s = config.stabilizers
-    uses_ratio = config.method == "fdistill" and _generator(config).name != "reverse_kl"
-    use_discriminator = uses_ratio or (config.method == "fdistill" and config.gan_weight > 0)
-    on_features = config.discriminator.features == "teacher"
-    disc_hidden = tuple(config.discriminator.hidden)
-    discriminator = (
-        FeatureDiscriminator(hidden=disc_hidden)
-        if on_features
-        else NoiseClassifier(hidden=disc_hidden, sigma_data=config.sigma_data)
-    )
-    real = setting.real
-    train_data = fdata.ArrayDataset(
-        "real", "train", real, np.zeros(len(real), np.int32), num_classes=1
-    )
-    z_eval = jax.random.normal(jax.random.key(EVAL_SEED), (config.num_eval_samples, *shape))
-    eval_data = fdata.ArrayDataset(
-        "noise", "eval", np.asarray(z_eval), np.zeros(len(z_eval), np.int32), num_classes=1
-    )
-    init_sigma = config.generator.init_sigma
-    ema_decay = config.generator.ema_decay
-    teacher_params = setting.teacher_params
+class Distillation:
+    """The networks of one distillation run and the trainer's rules over them.
 
-    def teacher(params, x, sigma):
-        if setting.exact_teacher is not None:
-            return setting.exact_teacher(x, sigma)
-        return denoiser.apply({"params": params["teacher"]}, x, sigma, train=False)
+    Params: ``generator`` and ``fake_score`` (denoisers of the teacher's architecture), the frozen
+    ``teacher`` (absent for the exact mixture teacher) and, where a density ratio or a GAN term is
+    used, the ``discriminator``. Model state: the ratio statistics and the generator's EMA.
+    """
 
-    def fake(params, x, sigma):
-        return denoiser.apply({"params": params["fake_score"]}, x, sigma, train=False)
+    def __init__(self, config: ml_collections.ConfigDict, setting: Setting):
+        self.config, self.setting = config, setting
+        self.shape, self.denoiser = setting.shape, setting.denoiser
+        self.numel = int(np.prod(setting.shape))
+        self.uses_ratio = config.method == "fdistill" and _generator(config).name != "reverse_kl"
+        self.use_discriminator = self.uses_ratio or (
+            config.method == "fdistill" and config.gan_weight > 0
+        )
+        self.on_features = config.discriminator.features == "teacher"
+        hidden = tuple(config.discriminator.hidden)
+        self.discriminator = (
+            FeatureDiscriminator(hidden=hidden)
+            if self.on_features
+            else NoiseClassifier(hidden=hidden, sigma_data=config.sigma_data)
+        )
+        self.ema_decay = config.generator.ema_decay
 
-    def logits_of(params, x_t, sigma):
-        if on_features:
-            _, feats = denoiser.apply(
+    # -- the networks -----------------------------------------------------------------------------
+
+    def teacher(self, params, x, sigma):
+        if self.setting.exact_teacher is not None:
+            return self.setting.exact_teacher(x, sigma)
+        return self.denoiser.apply({"params": params["teacher"]}, x, sigma, train=False)
+
+    def fake(self, params, x, sigma):
+        return self.denoiser.apply({"params": params["fake_score"]}, x, sigma, train=False)
+
+    def logits(self, params, x_t, sigma):
+        """The discriminator's logits: on the teacher's features (official) or on ``x_t``."""
+        if self.on_features:
+            _, feats = self.denoiser.apply(
                 {"params": params["teacher"]}, x_t, sigma, train=False, return_features=True
             )
-            return discriminator.apply({"params": params["discriminator"]}, feats, train=False)
-        return discriminator.apply({"params": params["discriminator"]}, x_t, sigma, train=False)
+            return self.discriminator.apply({"params": params["discriminator"]}, feats, train=False)
+        return self.discriminator.apply(
+            {"params": params["discriminator"]}, x_t, sigma, train=False
+        )
 
-    def init(key):
+    def generate(self, params, z, weights=None):
+        """``G(z) = D_gen(init_sigma z, init_sigma)`` with ``weights`` (default: the raw ones)."""
+        init_sigma = self.config.generator.init_sigma
+        sigma = jnp.full((z.shape[0],), init_sigma, z.dtype)
+        weights = params["generator"] if weights is None else weights
+        return self.denoiser.apply({"params": weights}, init_sigma * z, sigma, train=False)
+
+    def init(self, key):
         k1, k2, k3 = jax.random.split(key, 3)
-        x, sig = jnp.zeros((1, *shape)), jnp.ones((1,))
-        if config.generator.init_from_teacher:
+        x, sig = jnp.zeros((1, *self.shape)), jnp.ones((1,))
+        teacher_params = self.setting.teacher_params
+        if self.config.generator.init_from_teacher:
             params = {"generator": teacher_params, "fake_score": teacher_params}
         else:
             params = {
-                "generator": denoiser.init(k1, x, sig, train=False)["params"],
-                "fake_score": denoiser.init(k2, x, sig, train=False)["params"],
+                "generator": self.denoiser.init(k1, x, sig, train=False)["params"],
+                "fake_score": self.denoiser.init(k2, x, sig, train=False)["params"],
             }
         if teacher_params is not None:
             params["teacher"] = teacher_params  # frozen: no optimiser
         model_state = {}
-        if use_discriminator:
-            if on_features:
-                _, feats = denoiser.apply(
+        if self.use_discriminator:
+            inputs = (x, sig)
+            if self.on_features:
+                _, feats = self.denoiser.apply(
                     {"params": teacher_params}, x, sig, train=False, return_features=True
                 )
-                params["discriminator"] = discriminator.init(k3, feats, train=False)["params"]
-            else:
-                params["discriminator"] = discriminator.init(k3, x, sig, train=False)["params"]
-        if uses_ratio and s.ratio_bins:
+                inputs = (feats,)
+            params["discriminator"] = self.discriminator.init(k3, *inputs, train=False)["params"]
+        s = self.config.stabilizers
+        if self.uses_ratio and s.ratio_bins:
             model_state["ratio_stats"] = dl.init_ratio_stats(s.ratio_bins)
-        if ema_decay:
+        if self.ema_decay:
             # FastGen initialises its EMAs from the student's (here: the teacher's) weights.
             model_state["generator_ema"] = params["generator"]
         return params, model_state
 
-    def generate(params, z, weights=None):
-        sigma = jnp.full((z.shape[0],), init_sigma, z.dtype)
-        weights = params["generator"] if weights is None else weights
-        return denoiser.apply({"params": weights}, init_sigma * z, sigma, train=False)
+    # -- the critics: fake score (denoising on generated samples) and discriminator ---------------
 
-    def fake_score_loss(denoised, x0, sigma):
-        sq = jnp.sum(jnp.square(denoised - x0).reshape(x0.shape[0], -1), axis=-1) / numel
-        if config.fake_score_weighting == "edm":
-            sq = sq * diffusion.edm_loss_weight(sigma, sigma_data=config.sigma_data)
+    def fake_score_loss(self, denoised, x0, sigma):
+        sq = jnp.sum(jnp.square(denoised - x0).reshape(x0.shape[0], -1), axis=-1) / self.numel
+        if self.config.fake_score_weighting == "edm":
+            sq = sq * diffusion.edm_loss_weight(sigma, sigma_data=self.config.sigma_data)
         return sq
 
-    def critic_loss(params, model_state, batch, key):
+    def critic_loss(self, params, model_state, batch, key):
         kz, ks, ke, kr, kre = jax.random.split(key, 5)
         n = batch["inputs"].shape[0]
-        x0 = jax.lax.stop_gradient(generate(params, jax.random.normal(kz, (n, *shape))))
-        sigma = sample_sigma(ks, n, config)
-        x_t = x0 + per_sample(sigma, x0) * jax.random.normal(ke, x0.shape)
-        dsm = jnp.mean(fake_score_loss(fake(params, x_t, sigma), x0, sigma))
+        x0 = jax.lax.stop_gradient(self.generate(params, jax.random.normal(kz, (n, *self.shape))))
+        sigma = sample_sigma(ks, n, self.config)
+        x_t = diffusion.add_noise(x0, sigma, jax.random.normal(ke, x0.shape))
+        dsm = jnp.mean(self.fake_score_loss(self.fake(params, x_t, sigma), x0, sigma))
         metrics_ = {"fake_score": dsm}
         loss = dsm
-        if use_discriminator:
-            sigma_r = sample_sigma(kr, n, config)  # reals at their own noise levels
-            real_t = batch["inputs"] + per_sample(sigma_r, x0) * jax.random.normal(kre, x0.shape)
+        if self.use_discriminator:
+            sigma_r = sample_sigma(kr, n, self.config)  # reals at their own noise levels
+            real_t = diffusion.add_noise(batch["inputs"], sigma_r, jax.random.normal(kre, x0.shape))
             disc = jnp.mean(
                 dl.discriminator_loss(
-                    logits_of(params, real_t, sigma_r), logits_of(params, x_t, sigma)
+                    self.logits(params, real_t, sigma_r), self.logits(params, x_t, sigma)
                 )
             )
             loss = loss + disc
             metrics_["discriminator"] = disc
         return loss, ({}, metrics_)
 
-    def fdistill_generator(params, model_state, x, sigma, eps):
+    # -- the generator ----------------------------------------------------------------------------
+
+    def ratio_weight(self, logit, sigma, model_state):
+        """f-distill's ``h(r)`` from the discriminator's logit, and the new ratio statistics."""
+        config, s = self.config, self.config.stabilizers
+        bins = None
+        if s.ratio_bins:
+            bins = dl.noise_bin(
+                sigma, sigma_min=config.noise.sigma_min, sigma_max=config.noise.sigma_max,
+                num_bins=s.ratio_bins, spacing=s.bin_spacing,
+            )  # fmt: skip
+        return dl.fdistill_weight(
+            logit, _generator(config),
+            logit_clamp=s.logit_clamp, ratio_clip=tuple(s.ratio_clip) if s.ratio_clip else None,
+            stats=model_state.get("ratio_stats"), bins=bins, momentum=s.ratio_momentum,
+            normalize_batch=s.normalize_batch,
+        )  # fmt: skip
+
+    def fdistill_generator(self, params, model_state, x, sigma, eps):
+        config = self.config
         fixed = jax.lax.stop_gradient(params)  # every network but the generator, held
-        x_t = x + per_sample(sigma, x) * eps  # the GAN term differentiates through x_t
+        x_t = diffusion.add_noise(x, sigma, eps)  # the GAN term differentiates through x_t
         x_t_held = jax.lax.stop_gradient(x_t)
-        x_hat_p = teacher(fixed, x_t_held, sigma)
-        x_hat_q = fake(fixed, x_t_held, sigma)
+        x_hat_p = self.teacher(fixed, x_t_held, sigma)
+        x_hat_q = self.fake(fixed, x_t_held, sigma)
         updates, extra, weight = {}, {}, None
         gan = jnp.zeros(())
-        if use_discriminator:
-            logit = logits_of(fixed, x_t, sigma)
+        if self.use_discriminator:
+            logit = self.logits(fixed, x_t, sigma)
             gan = jnp.mean(dl.gan_generator_loss(logit))
             extra["gan"] = gan
-        if uses_ratio:
-            bins = None
-            if s.ratio_bins:
-                bins = dl.noise_bin(
-                    sigma, sigma_min=config.noise.sigma_min, sigma_max=config.noise.sigma_max,
-                    num_bins=s.ratio_bins, spacing=s.bin_spacing,
-                )  # fmt: skip
-            weight, new_stats = dl.fdistill_weight(
-                logit, _generator(config),
-                logit_clamp=s.logit_clamp, ratio_clip=tuple(s.ratio_clip) if s.ratio_clip else None,
-                stats=model_state.get("ratio_stats"), bins=bins, momentum=s.ratio_momentum,
-                normalize_batch=s.normalize_batch,
-            )  # fmt: skip
+        if self.uses_ratio:
+            weight, new_stats = self.ratio_weight(logit, sigma, model_state)
             if new_stats is not None:
                 updates["ratio_stats"] = new_stats
             extra.update(weight_max=jnp.max(weight), log_ratio=jnp.mean(logit))
-        if (
-            config.generator_update.space == "score"
-        ):  # the deviation: unit weight on score differences
+        if config.generator_update.space == "score":  # the deviation: unit weight on scores
             weight = (1.0 if weight is None else weight) / jnp.square(sigma)
         # One evaluation gives the loss and, by its pullback, each sample's update d dm / d x.
         dm, pullback = jax.vjp(
@@ -595,48 +606,80 @@ def build_task(config: ml_collections.ConfigDict, workdir: str = "") -> tuple[Ta
         (g,) = pullback(jnp.ones_like(dm))
         # FastGen reduces the surrogate with a mean over every element; the GAN weight is
         # relative to that.
-        loss = jnp.mean(dm) / numel + config.gan_weight * gan
-        return loss, g, updates, {"distribution_matching": jnp.mean(dm) / numel, **extra}
+        loss = jnp.mean(dm) / self.numel + config.gan_weight * gan
+        return loss, g, updates, {"distribution_matching": jnp.mean(dm) / self.numel, **extra}
 
-    def sim_generator(params, x, sigma, eps):
+    def sim_generator(self, params, x, sigma, eps):
+        config = self.config
         fixed = jax.lax.stop_gradient(params)
 
         def per_example(x0):
             return dl.sim_generator_loss(
-                x0, eps, sigma, lambda x_t, sig: teacher(fixed, x_t, sig),
-                lambda x_t, sig: fake(fixed, x_t, sig), distance=config.distance,
+                x0, eps, sigma, lambda x_t, sig: self.teacher(fixed, x_t, sig),
+                lambda x_t, sig: self.fake(fixed, x_t, sig), distance=config.distance,
                 c=config.huber_c, space=config.generator_update.space, normalize=config.generator_update.normalize,
             )  # fmt: skip
 
         value, pullback = jax.vjp(per_example, x)  # the networks run once for loss and update
         (g,) = pullback(jnp.ones_like(value))
-        loss = jnp.mean(value) / numel
+        loss = jnp.mean(value) / self.numel
         return loss, g, {}, {"sim": loss}
 
-    def generator_loss(params, model_state, batch, key):
+    def generator_loss(self, params, model_state, batch, key):
         kz, ks, ke = jax.random.split(key, 3)
         n = batch["inputs"].shape[0]
-        x = generate(params, jax.random.normal(kz, (n, *shape)))
-        sigma = sample_sigma(ks, n, config)
+        x = self.generate(params, jax.random.normal(kz, (n, *self.shape)))
+        sigma = sample_sigma(ks, n, self.config)
         eps = jax.random.normal(ke, x.shape)
-        if config.method == "sim":
-            loss, g, updates, extra = sim_generator(params, x, sigma, eps)
+        if self.config.method == "sim":
+            loss, g, updates, extra = self.sim_generator(params, x, sigma, eps)
         else:
-            loss, g, updates, extra = fdistill_generator(params, model_state, x, sigma, eps)
+            loss, g, updates, extra = self.fdistill_generator(params, model_state, x, sigma, eps)
         extra["grad_share_sigma_lt_1"] = grad_share(
             jax.lax.stop_gradient(g), sigma, GRAD_SHARE_SIGMA
         )
-        if ema_decay:
+        if self.ema_decay:
             # The loss sees the weights before this update, so the EMA after update t averages
             # the weights of updates 0..t-1: a one-update lag, immaterial at decay >= 0.99.
+            decay = self.ema_decay
             updates["generator_ema"] = jax.tree.map(
-                lambda e, w: ema_decay * e + (1.0 - ema_decay) * jax.lax.stop_gradient(w),
+                lambda e, w: decay * e + (1.0 - decay) * jax.lax.stop_gradient(w),
                 model_state["generator_ema"],
                 params["generator"],
             )
         return loss, (updates, extra)
 
-    critics = ("fake_score", "discriminator") if use_discriminator else ("fake_score",)
+    # -- evaluation -------------------------------------------------------------------------------
+
+    def predict(self, params, model_state, batch):
+        # Evaluated: the EMA of the generator's weights where there is one (FastGen), else the raw.
+        return {"samples": self.generate(params, batch["inputs"], model_state.get("generator_ema"))}
+
+    def summarize(self, outputs):
+        return self.setting.summarize(outputs["samples"])
+
+    def report(self, outputs, workdir):
+        self.setting.report(outputs["samples"], workdir)
+        buffer = io.BytesIO()
+        np.save(buffer, outputs["samples"])
+        paths.write_bytes(os.path.join(workdir, "samples.npy"), buffer.getvalue())
+
+
+def _unlabelled(name: str, split: str, x: np.ndarray) -> fdata.ArrayDataset:
+    """Samples as a data set of one class (the trainer's batches carry labels)."""
+    return fdata.ArrayDataset(name, split, x, np.zeros(len(x), np.int32), num_classes=1)
+
+
+def build_task(config: ml_collections.ConfigDict, workdir: str = "") -> tuple[Task, Setting]:
+    """The trainer task of ``config`` and its data setting (teacher, data, evaluation)."""
+    setting = (
+        mixture_setting(config, workdir)
+        if config.dataset == "mog"
+        else image_setting(config, workdir)
+    )
+    run = Distillation(config, setting)
+    z_eval = jax.random.normal(jax.random.key(EVAL_SEED), (config.num_eval_samples, *setting.shape))
+    critics = ("fake_score", "discriminator") if run.use_discriminator else ("fake_score",)
     counts = optimizer_updates(config)
     optimizers = {
         name: optim.from_config(config.critic_optimizer, counts[name], name="adamw")
@@ -645,32 +688,18 @@ def build_task(config: ml_collections.ConfigDict, workdir: str = "") -> tuple[Ta
     optimizers["generator"] = optim.from_config(
         config.generator_optimizer, counts["generator"], name="adamw"
     )
-
-    def predict(params, model_state, batch):
-        # Evaluated: the EMA of the generator's weights where there is one (FastGen), else the raw.
-        return {"samples": generate(params, batch["inputs"], model_state.get("generator_ema"))}
-
-    def summarize(outputs):
-        return setting.summarize(outputs["samples"])
-
-    def report(outputs, workdir):
-        setting.report(outputs["samples"], workdir)
-        buffer = io.BytesIO()
-        np.save(buffer, outputs["samples"])
-        paths.write_bytes(os.path.join(workdir, "samples.npy"), buffer.getvalue())
-
     task = Task(
-        init=init,
+        init=run.init,
         updates=[
-            Update("critic", critic_loss, critics, repeats=config.critic_steps),
-            Update("generator", generator_loss, ("generator",)),
+            Update("critic", run.critic_loss, critics, repeats=config.critic_steps),
+            Update("generator", run.generator_loss, ("generator",)),
         ],
         optimizers=optimizers,
-        train_data=train_data,
-        eval_data=eval_data,
-        predict=predict,
-        summarize=summarize,
-        report=report,
+        train_data=_unlabelled("real", "train", setting.real),
+        eval_data=_unlabelled("noise", "eval", np.asarray(z_eval)),
+        predict=run.predict,
+        summarize=run.summarize,
+        report=run.report,
     )
     return task, setting
 

@@ -25,11 +25,10 @@ import ml_collections
 import numpy as np
 
 from experiments import _checks
-from experiments._checks import stage_config_json
 from fdiv import analysis, generators, metrics, models, plots
 from fdiv import data as fdata
 from fdiv.losses import kd as kd_losses
-from fdiv.train import Task, TrainConfig, Update, optim, parallel, train
+from fdiv.train import Task, TrainConfig, Update, fingerprint, optim, parallel, train, train_stage
 
 METHODS = ("student", "vanilla", "fkd", "sinkd", "dml", "bdkd")
 OFFLINE = ("vanilla", "fkd", "sinkd")
@@ -180,7 +179,7 @@ def teacher_config_json(config) -> str:
     student's settings share one teacher (``teacher_workdir``) and a changed teacher is refused."""
     keys = ("dataset", "data_dir", "augment", "valid_fraction", "teacher", "teacher_steps", "teacher_optimizer")  # fmt: skip
     train_fields = {k: config.train[k] for k in ("seed", "batch_size", "eval_batch_size")}
-    return stage_config_json(config, keys, stage="teacher", train=train_fields)
+    return fingerprint(config, keys, stage="teacher", train=train_fields)
 
 
 def teacher_task(config, nets: Networks, train_data, eval_data, valid_data=None) -> Task:
@@ -344,15 +343,14 @@ def train_run(config: ml_collections.ConfigDict, workdir: str) -> KDRun:
     teacher_params = teacher_state = None
     if method in OFFLINE:
         teacher_dir = config.get("teacher_workdir") or os.path.join(workdir, "teacher")
-        result = train(
+        # Host copies: they become constants of the student's init (fine in multi-process runs too).
+        teacher_params, teacher_state, _ = train_stage(
             teacher_task(config, nets, train_data, eval_data, valid_data),
             teacher_train_config(config),
             teacher_dir,
             config_json=teacher_config_json(config),
+            network="teacher",
         )
-        # Host copies: they become constants of the student's init (fine in multi-process runs too).
-        teacher_params = parallel.to_host(result.state.params["teacher"])
-        teacher_state = parallel.to_host(result.state.model_state["teacher"])
 
     if method in ONLINE:
         names = ["student", "teacher"]

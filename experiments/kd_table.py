@@ -521,50 +521,11 @@ ALIGNMENT_INTRO = (
 )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", default="runs/kd_table")
-    parser.add_argument("--out", default="results/kd.md")
-    parser.add_argument("--settings", default="digits,mnist1d")
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--paired-seeds", default="3,4,5,6,7", help="more seeds for PAIRS ('' = none)")  # fmt: skip
-    parser.add_argument("--workers", type=int, default=1, help="runs at a time (processes)")
-    args = parser.parse_args()
-    logging.set_verbosity(logging.WARNING)
-    settings = args.settings.split(",")
-    seeds = [int(s) for s in args.seeds.split(",")]
-    extra_seeds = [int(s) for s in args.paired_seeds.split(",") if s.strip()]
-    unknown = sorted(set(settings) - set(SETTINGS))
-    if unknown:
-        parser.error(f"unknown settings {unknown}; allowed: {sorted(SETTINGS)}")
-    if set(extra_seeds) & set(seeds):
-        parser.error(f"--paired-seeds {extra_seeds} overlap --seeds {seeds}")
-
-    def log(line):
-        print(line, flush=True)
-
-    start = time.time()
-    results, chosen, evaluated = tune(settings, seeds, args.workdir, args.workers, log)
-    paired = paired_seed_runs(settings, results, chosen, seeds, extra_seeds, args.workdir, args.workers, log)  # fmt: skip
-    final, aligned = {}, {}
-    for setting in settings:
-        for seed in seeds:
-            runs = {
-                (setting, seed, m, d): run_one(
-                    setting, seed, m, d, args.workdir, chosen[(setting, m, d)]
-                )  # fmt: skip
-                for _, m, d in METHODS
-            }
-            final.update({key: kd_run.summary for key, kd_run in runs.items()})
-            aligned[(setting, seed)] = alignments(setting, seed, runs)
+def document(args, minutes: float, settings, seeds, extra_seeds, results, chosen, evaluated, paired, aligned, final) -> str:  # fmt: skip
+    """``results/kd.md``: the method table, paired comparisons, BD-KD's weight, alignment and the
+    whole sweep, each section per setting (figures written next to ``args.out``)."""
+    # Over 60 lines: the document's prose, section after section in reading order.
     out_dir = os.path.dirname(args.out) or "."
-    for setting in settings:
-        alignment_heatmaps(
-            setting, aligned, seeds, os.path.join(out_dir, f"kd_alignment_{setting}.png"),
-            os.path.join(args.workdir, setting),
-        )  # fmt: skip
-    minutes = (time.time() - start) / 60
-
     command = f"python -m experiments.kd_table --workdir={args.workdir} --out={args.out} --settings={args.settings} --seeds={args.seeds} --paired-seeds={args.paired_seeds} --workers={args.workers}"  # fmt: skip
     header = [
         "# Knowledge distillation on the embedded data sets, each method tuned on validation",
@@ -632,8 +593,56 @@ def main() -> None:
     )
     for s in settings:
         sweep_plot(s, results, evaluated, seeds, os.path.join(out_dir, f"kd_sweep_{s}.png"))
-    write(args.out, "\n".join(header) + "\n" + body + "\n")
-    print(body)
+    return "\n".join(header) + "\n" + body + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", default="runs/kd_table")
+    parser.add_argument("--out", default="results/kd.md")
+    parser.add_argument("--settings", default="digits,mnist1d")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--paired-seeds", default="3,4,5,6,7", help="more seeds for PAIRS ('' = none)")  # fmt: skip
+    parser.add_argument("--workers", type=int, default=1, help="runs at a time (processes)")
+    args = parser.parse_args()
+    logging.set_verbosity(logging.WARNING)
+    settings = args.settings.split(",")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    extra_seeds = [int(s) for s in args.paired_seeds.split(",") if s.strip()]
+    unknown = sorted(set(settings) - set(SETTINGS))
+    if unknown:
+        parser.error(f"unknown settings {unknown}; allowed: {sorted(SETTINGS)}")
+    if set(extra_seeds) & set(seeds):
+        parser.error(f"--paired-seeds {extra_seeds} overlap --seeds {seeds}")
+
+    def log(line):
+        print(line, flush=True)
+
+    start = time.time()
+    results, chosen, evaluated = tune(settings, seeds, args.workdir, args.workers, log)
+    paired = paired_seed_runs(settings, results, chosen, seeds, extra_seeds, args.workdir, args.workers, log)  # fmt: skip
+    final, aligned = {}, {}
+    for setting in settings:
+        for seed in seeds:
+            runs = {
+                (setting, seed, m, d): run_one(
+                    setting, seed, m, d, args.workdir, chosen[(setting, m, d)]
+                )  # fmt: skip
+                for _, m, d in METHODS
+            }
+            final.update({key: kd_run.summary for key, kd_run in runs.items()})
+            aligned[(setting, seed)] = alignments(setting, seed, runs)
+    out_dir = os.path.dirname(args.out) or "."
+    for setting in settings:
+        alignment_heatmaps(
+            setting, aligned, seeds, os.path.join(out_dir, f"kd_alignment_{setting}.png"),
+            os.path.join(args.workdir, setting),
+        )  # fmt: skip
+    minutes = (time.time() - start) / 60
+
+    text = document(args, minutes, settings, seeds, extra_seeds, results, chosen, evaluated, paired, aligned, final)  # fmt: skip
+    write(args.out, text)
+    print(text)
 
 
 if __name__ == "__main__":

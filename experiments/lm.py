@@ -29,7 +29,7 @@ from fdiv.data import language as lang
 from fdiv.losses import kd as kd_losses
 from fdiv.models import sampling
 from fdiv.models.transformer import CausalTransformer
-from fdiv.train import Task, TrainConfig, Update, optim, parallel, train
+from fdiv.train import Task, TrainConfig, Update, fingerprint, optim, train, train_stage
 from fdiv.train import paths as fdiv_paths
 
 # Ranges beyond experiments._checks.RULES that every LM config shares.
@@ -158,13 +158,11 @@ def train_base(
     cfg = train_config(config, total_steps=config.base.steps, batch_size=config.base.batch_size)
     # The stage's config: what decides the base policy (runs sharing base.workdir must agree).
     base = {k: v for k, v in config.base.to_dict().items() if k != "workdir"}
-    config_json = _checks.stage_config_json(
+    config_json = fingerprint(
         config, ("experiment", "vocab_size", "length", "language", "model"),
         stage="base", base=base, train={"seed": config.train.seed},
     )  # fmt: skip
-    return parallel.to_host(
-        train(task, cfg, base_dir, config_json=config_json).state.params["policy"]
-    )
+    return train_stage(task, cfg, base_dir, config_json=config_json, network="policy").params
 
 
 def divergences_to(log_target, log_model, prefix: str = "") -> dict[str, float]:

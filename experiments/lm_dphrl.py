@@ -193,24 +193,33 @@ def stored_set(config, module, initial, key, perfect) -> dict[str, np.ndarray]:
     return {"context": context[keep], "tokens": tokens[keep], "log_prob": log_prob[keep]}
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    V, L, C, G = config.vocab_size, config.length, config.num_prompts, config.group_size
-    seed = config.train.seed
-    module = lm.model(config, num_actions=V, num_contexts=C)
-    prompts, answers = sft_data(config, np.random.default_rng(seed))
-    initial = lm.train_base(config, workdir, module, prompts, answers)
-    split_key, store_key = jax.random.split(jax.random.key(seed))
-    explore, perfect = split_pool(config, module, initial, split_key)
-    stored = stored_set(config, module, initial, store_key, perfect)
+def _rollout(module, policy, key, context, target, config) -> dict[str, jax.Array]:
+    """An answer per row of ``context`` (``group_size`` rows per prompt) from the held ``policy``,
+    with its 0/1 reward and its GRPO advantage within its prompt's group."""
+    draws = _sample(module, jax.lax.stop_gradient(policy), key, context, config.length)
+    reward = (jnp.sum(draws.tokens, axis=-1) == target).astype(jnp.float32)
+    advantage = policy_losses.group_advantages(
+        reward.reshape(-1, config.group_size), ddof=config.grpo.ddof
+    )
+    return {
+        "tokens": draws.tokens,
+        "log_prob": draws.log_prob,
+        "advantage": advantage.reshape(-1),
+        "reward": reward,
+    }
 
-    M = config.grpo.minibatches
+
+def minibatch_loss_fn(config, module, explore: np.ndarray, m: int):
+    """The loss of GRPO mini-batch ``m`` (whole prompt groups, as verl splits by prompt) plus
+    ``eta`` times the DPH penalty on its share of the stored ``pi_0`` answers. Mini-batch 0 draws
+    the step's rollout from the policy before the step's updates; the others reuse it."""
+    G, M, g = config.group_size, config.grpo.minibatches, config.grpo
     rl_context = jnp.asarray(np.repeat(explore, G))
     rl_targets = jnp.asarray(targets(config)[np.repeat(explore, G)])
-    # mini-batch m holds whole prompt groups (as verl splits by prompt)
-    groups = np.array_split(np.arange(len(explore)), M)
-    rows = [np.concatenate([np.arange(g * G, (g + 1) * G) for g in part]) for part in groups]
+    part = np.array_split(np.arange(len(explore)), M)[m]
+    rows = np.concatenate([np.arange(p * G, (p + 1) * G) for p in part])
+    share = np.array_split(np.arange(config.train.batch_size), M)[m]
     generator = None if config.divergence == "none" else policy_losses.alignment_generator(config.divergence)  # fmt: skip
-    g = config.grpo
     clip = {
         "clip_epsilon": g.clip_low,
         "clip_epsilon_high": g.clip_high or None,
@@ -222,56 +231,60 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         else {}
     )
 
-    def minibatch_update(m):
-        def loss(params, model_state, batch, key):
-            policy = params["policy"]
-            if m == 0:  # the rollout, from the policy before this step's updates
-                draws = _sample(module, jax.lax.stop_gradient(policy), key, rl_context, L)
-                reward = (jnp.sum(draws.tokens, axis=-1) == rl_targets).astype(jnp.float32)
-                advantage = policy_losses.group_advantages(reward.reshape(-1, G), ddof=g.ddof)
-                rollout = {
-                    "tokens": draws.tokens,
-                    "log_prob": draws.log_prob,
-                    "advantage": advantage.reshape(-1),
-                    "reward": reward,
-                }
-            else:
-                rollout = model_state["rollout"]
-            r = rows[m]
-            logits = module.apply({"params": policy}, rl_context[r], rollout["tokens"][r])
-            pg = policy_losses.grpo_loss(
-                sampling.token_log_probs(logits, rollout["tokens"][r]),
-                rollout["advantage"][r],
-                old_log_pi_tokens=rollout["log_prob"][r],
-                **clip,
+    def loss(params, model_state, batch, key):
+        policy = params["policy"]
+        if m == 0:
+            rollout = _rollout(module, policy, key, rl_context, rl_targets, config)
+        else:
+            rollout = model_state["rollout"]
+        logits = module.apply({"params": policy}, rl_context[rows], rollout["tokens"][rows])
+        pg = policy_losses.grpo_loss(
+            sampling.token_log_probs(logits, rollout["tokens"][rows]),
+            rollout["advantage"][rows],
+            old_log_pi_tokens=rollout["log_prob"][rows],
+            **clip,
+        )
+        total = jnp.mean(pg)
+        metrics_ = {"reward": jnp.mean(rollout["reward"]), "policy_gradient": total}
+        if generator is not None:
+            logits0 = module.apply({"params": policy}, batch["context"][share], batch["tokens"][share])  # fmt: skip
+            penalty = policy_losses.dph_penalty(
+                log_pi_tokens=sampling.token_log_probs(logits0, batch["tokens"][share]),
+                log_pi0_tokens=batch["log_prob"][share],
+                divergence=generator,
+                **penalty_clip,
             )
-            total = jnp.mean(pg)
-            metrics_ = {"reward": jnp.mean(rollout["reward"]), "policy_gradient": total}
-            if generator is not None:
-                share = np.array_split(np.arange(config.train.batch_size), M)[m]
-                logits0 = module.apply({"params": policy}, batch["context"][share], batch["tokens"][share])  # fmt: skip
-                penalty = policy_losses.dph_penalty(
-                    log_pi_tokens=sampling.token_log_probs(logits0, batch["tokens"][share]),
-                    log_pi0_tokens=batch["log_prob"][share],
-                    divergence=generator,
-                    **penalty_clip,
-                )
-                metrics_["penalty"] = jnp.mean(penalty)
-                total = total + config.eta * jnp.mean(penalty)
-            return total, ({"rollout": rollout} if m == 0 else {}, metrics_)
+            metrics_["penalty"] = jnp.mean(penalty)
+            total = total + config.eta * jnp.mean(penalty)
+        return total, ({"rollout": rollout} if m == 0 else {}, metrics_)
 
-        return loss
+    return loss
 
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    V, L, C, G = config.vocab_size, config.length, config.num_prompts, config.group_size
+    seed = config.train.seed
+    module = lm.model(config, num_actions=V, num_contexts=C)
+    prompts, answers = sft_data(config, np.random.default_rng(seed))
+    initial = lm.train_base(config, workdir, module, prompts, answers)
+    split_key, store_key = jax.random.split(jax.random.key(seed))
+    explore, perfect = split_pool(config, module, initial, split_key)
+    stored = stored_set(config, module, initial, store_key, perfect)
+    M, n = config.grpo.minibatches, len(explore) * G
     empty_rollout = {
-        "tokens": jnp.zeros((len(explore) * G, L), jnp.int32),
-        "log_prob": jnp.zeros((len(explore) * G, L), jnp.float32),
-        "advantage": jnp.zeros((len(explore) * G,), jnp.float32),
-        "reward": jnp.zeros((len(explore) * G,), jnp.float32),
+        "tokens": jnp.zeros((n, L), jnp.int32),
+        "log_prob": jnp.zeros((n, L), jnp.float32),
+        "advantage": jnp.zeros((n,), jnp.float32),
+        "reward": jnp.zeros((n,), jnp.float32),
     }
     task = Task(
         init=lambda key: ({"policy": initial}, {"rollout": empty_rollout}),
         updates=[
-            Update(f"grpo{m}" if M > 1 else "dphrl", minibatch_update(m), ("policy",))
+            Update(
+                f"grpo{m}" if M > 1 else "dphrl",
+                minibatch_loss_fn(config, module, explore, m),
+                ("policy",),
+            )
             for m in range(M)
         ],  # fmt: skip
         optimizers={"policy": lm.optimizer(config.optimizer.learning_rate)},

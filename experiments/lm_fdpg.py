@@ -65,21 +65,11 @@ def target_log_unnormalized(config, seqs: np.ndarray, log_base: np.ndarray) -> n
         return log_base + np.where(ok, 0.0, np.log(floor) if floor > 0 else -np.inf)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def fdpg_loss_fn(config, module, table: jax.Array, satisfied: jax.Array):
+    """The f-DPG update on sequences sampled from the proposal: the policy (on-policy) or a copy
+    refreshed every ``proposal_every`` steps. ``table[index]`` is the target's unnormalised
+    log-probability of a sequence, its normaliser estimated online from the same samples."""
     V, L, B = config.vocab_size, config.length, config.train.batch_size
-    rng = np.random.default_rng(config.train.seed)
-    module = lm.model(config, num_actions=V, num_contexts=1)
-    data = lm.language(config).sample(rng, config.base.num_samples, L)
-    base = lm.train_base(config, workdir, module, np.zeros(len(data), np.int32), data)
-    seqs = sampling.all_sequences(V, L)
-    log_base = lm.exact_log_probs(config, module, base)[0]
-    log_unnorm = target_log_unnormalized(config, seqs, log_base)
-    table = jnp.asarray(log_unnorm, jnp.float32)
-    satisfied = jnp.asarray(
-        lang.count_constraint(
-            seqs, token=config.constraint.token, minimum=config.constraint.minimum
-        )
-    )
     generator = policy_losses.alignment_generator(config.divergence)
     context = jnp.zeros((B,), jnp.int32)
 
@@ -134,6 +124,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             updates["proposal"] = proposal
         return loss, (updates, metrics)
 
+    return fdpg
+
+
+def init_fn(config, base):
+    """The policy starts at the base; the normaliser estimate, baseline and step at zero."""
+
     def init(key):
         del key
         start = policy_losses.partition_init()
@@ -148,15 +144,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             model_state["proposal"] = base
         return {"policy": base}, model_state
 
-    task = Task(
-        init=init,
-        updates=[Update("fdpg", fdpg, ("policy",))],
-        optimizers={"policy": lm.optimizer(config.optimizer.learning_rate)},
-    )
-    summary, params, state = lm.train_policy(task, config, workdir)
-    log_pi = lm.exact_log_probs(config, module, params)[0]
+    return init
+
+
+def exact_metrics(log_pi, log_unnorm, log_base, satisfied, stats) -> dict[str, float]:
+    """Divergences to the normalised target, constraint rates, entropy and ``log Z`` (exact, and
+    the run's final estimate), by enumeration of every sequence."""
     log_z = np.logaddexp.reduce(log_unnorm)
-    stats = state.model_state["stats"]
     out = {f"exact/{k}": v for k, v in lm.divergences_to(log_unnorm - log_z, log_pi).items()}
     out["exact/constraint_rate"] = float(np.sum(np.exp(log_pi) * np.asarray(satisfied)))
     out["exact/base_constraint_rate"] = float(np.sum(np.exp(log_base) * np.asarray(satisfied)))
@@ -168,4 +162,35 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             policy_losses.PartitionEstimate(stats["log_sum"], stats["count"])
         )
     )
+    return out
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    V, L = config.vocab_size, config.length
+    rng = np.random.default_rng(config.train.seed)
+    module = lm.model(config, num_actions=V, num_contexts=1)
+    data = lm.language(config).sample(rng, config.base.num_samples, L)
+    base = lm.train_base(config, workdir, module, np.zeros(len(data), np.int32), data)
+    seqs = sampling.all_sequences(V, L)
+    log_base = lm.exact_log_probs(config, module, base)[0]
+    log_unnorm = target_log_unnormalized(config, seqs, log_base)
+    satisfied = jnp.asarray(
+        lang.count_constraint(
+            seqs, token=config.constraint.token, minimum=config.constraint.minimum
+        )
+    )
+    task = Task(
+        init=init_fn(config, base),
+        updates=[
+            Update(
+                "fdpg",
+                fdpg_loss_fn(config, module, jnp.asarray(log_unnorm, jnp.float32), satisfied),
+                ("policy",),
+            )
+        ],
+        optimizers={"policy": lm.optimizer(config.optimizer.learning_rate)},
+    )
+    summary, params, state = lm.train_policy(task, config, workdir)
+    log_pi = lm.exact_log_probs(config, module, params)[0]
+    out = exact_metrics(log_pi, log_unnorm, log_base, satisfied, state.model_state["stats"])
     return lm.finish(workdir, {**summary, **out})

@@ -48,7 +48,7 @@ from fdiv import fused, generators
 from fdiv.data import text as fdata_text
 from fdiv.models import sampling
 from fdiv.models.transformer import CausalTransformer
-from fdiv.train import Task, TrainConfig, Update, optim, parallel, train
+from fdiv.train import Task, TrainConfig, Update, optim, train, train_stage
 
 METHODS = ("student", "kd")
 TEACHER_KEYS = ("corpus", "files", "data_dir", "vocab_size", "block_length", "teacher")
@@ -316,6 +316,39 @@ def _optimizer(learning_rate: float, steps: int) -> optax.GradientTransformation
     return optim.make_optimizer("adamw", learning_rate=learning_rate, total_steps=steps, schedule="cosine", clip_norm=1.0)  # fmt: skip
 
 
+def train_teacher(config, workdir: str, splits) -> tuple[Any, Any]:
+    """The teacher stage (``<teacher_workdir or workdir/teacher>``, shared by the runs that agree
+    on :data:`TEACHER_KEYS`): its host params, and the training data with the teacher's top-k
+    attached where ``teacher_top_k`` is set (supervised: the KD tokens are fixed, so computed
+    once)."""
+    train_data, valid_data, test_data = splits
+    teacher, student = model(config, "teacher"), model(config, "student")
+    dummy = jnp.zeros((1, config.block_length), jnp.int32)
+    teacher_dir = config.teacher_workdir or os.path.join(workdir, "teacher")
+    t_config = ml_collections.ConfigDict({k: config[k] for k in TEACHER_KEYS})
+    t_config.train = config.train.copy_and_resolve_references()
+    t_config.train.total_steps = config.teacher_steps
+    params, _, summary = train_stage(
+        Task(
+            init=lambda key: ({"teacher": teacher.init(key, _context(dummy), dummy)["params"]}, {}),
+            updates=[Update("teacher", teacher_loss_fn(teacher), ("teacher",))],
+            optimizers={"teacher": _optimizer(config.teacher.learning_rate, config.teacher_steps)},
+            train_data=train_data,
+            eval_data=test_data,
+            valid_data=valid_data,
+            predict=predict_fn(config, student, teacher, ("teacher",)),
+            summarize=summarize,
+        ),
+        train_config(config, total_steps=config.teacher_steps),
+        teacher_dir,
+        config_json=t_config.to_json_best_effort(sort_keys=True),
+        network="teacher",
+    )
+    if config.teacher_top_k and config.regime == "supervised":
+        train_data = cache_teacher_top_k(config, teacher, params, train_data, teacher_dir, int(summary["step"]))  # fmt: skip
+    return params, train_data
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     validate(config)
     train_data, valid_data, test_data = (load(config, s) for s in ("train", "valid", "test"))
@@ -324,35 +357,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     config_json = config.to_json_best_effort(sort_keys=True)
     teacher_params = None
     if config.method == "kd":
-        teacher_dir = config.teacher_workdir or os.path.join(workdir, "teacher")
-        # the teacher stage's config: only what decides the teacher, so runs can share it
-        t_config = ml_collections.ConfigDict({k: config[k] for k in TEACHER_KEYS})
-        t_config.train = config.train.copy_and_resolve_references()
-        t_config.train.total_steps = config.teacher_steps
-        result = train(
-            Task(
-                init=lambda key: (
-                    {"teacher": teacher.init(key, _context(dummy), dummy)["params"]},
-                    {},
-                ),  # fmt: skip
-                updates=[Update("teacher", teacher_loss_fn(teacher), ("teacher",))],
-                optimizers={
-                    "teacher": _optimizer(config.teacher.learning_rate, config.teacher_steps)
-                },
-                train_data=train_data,
-                eval_data=test_data,
-                valid_data=valid_data,
-                predict=predict_fn(config, student, teacher, ("teacher",)),
-                summarize=summarize,
-            ),
-            train_config(config, total_steps=config.teacher_steps),
-            teacher_dir,
-            config_json=t_config.to_json_best_effort(sort_keys=True),
-        )
-        teacher_params = parallel.to_host(result.state.params["teacher"])
-        if config.teacher_top_k and config.regime == "supervised":
-            # the KD tokens are the fixed training blocks: the teacher's top-k is computed once
-            train_data = cache_teacher_top_k(config, teacher, teacher_params, train_data, teacher_dir, int(result.summary["step"]))  # fmt: skip
+        teacher_params, train_data = train_teacher(config, workdir, (train_data, valid_data, test_data))  # fmt: skip
 
     names = ("student",) if teacher_params is None else ("student", "teacher")
 

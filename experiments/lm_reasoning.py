@@ -33,12 +33,10 @@ with the ``novel_`` prefix, of the held-out lengths ``novel_steps``.
 from __future__ import annotations
 
 import functools
-import json
 import os
 from collections.abc import Mapping
 from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -50,8 +48,7 @@ from fdiv import generators
 from fdiv.analysis import provenance as prov
 from fdiv.data import reasoning as rz
 from fdiv.models.transformer import CausalTransformer
-from fdiv.train import Task, TrainConfig, Update, optim, parallel, paths, train
-from fdiv.train import workdir as wd
+from fdiv.train import Task, TrainConfig, Update, optim, train, train_stage
 
 SELECTIONS = ("all", "random", "length", "divergence", "teacher_count")
 FIELD_RULES = {
@@ -254,13 +251,7 @@ def stage(config, workdir: str, name: str, net: str, style: str, steps: int, eva
     # only what decides the stage: changing the evaluation cadence keeps a trained teacher
     s_config.style = style
     s_config.train = {"batch_size": config.train.batch_size, "seed": config.stages_seed, "total_steps": steps}  # fmt: skip
-    directory = os.path.join(workdir, name)
-    s_json = s_config.to_json_best_effort(sort_keys=True)
-    template = module.init(jax.random.key(0), _context(dummy), dummy)["params"]
-    finished = _finished_stage(directory, s_json, steps, template)
-    if finished is not None:  # re-opening it would re-run its evaluation (a full decode) per run
-        return finished
-    result = train(
+    result = train_stage(
         Task(
             init=lambda key: ({net: module.init(key, _context(dummy), dummy)["params"]}, {}),
             updates=[Update(net, ce_loss_fn(module, net, start), (net,))],
@@ -278,29 +269,11 @@ def stage(config, workdir: str, name: str, net: str, style: str, steps: int, eva
                 "seed": config.stages_seed,
             }
         ),  # fmt: skip
-        directory,
-        config_json=s_json,
+        os.path.join(workdir, name),
+        config_json=s_config.to_json_best_effort(sort_keys=True),
+        network=net,
     )
-    params = parallel.to_host(result.state.params[net])
-    if jax.process_index() == 0:
-        paths.write_bytes(os.path.join(directory, STAGE_PARAMS), flax.serialization.to_bytes(params))  # fmt: skip
-    return params, result.summary
-
-
-STAGE_PARAMS = "final_params.msgpack"  # a finished stage's weights, read by the runs that share it
-
-
-def _finished_stage(directory: str, config_json: str, steps: int, template):
-    """``(params, summary)`` of a stage finished in ``directory`` with exactly ``config_json``,
-    read without re-opening the run; ``None`` otherwise."""
-    summary = wd.finished_summary(directory, json.loads(config_json), steps)
-    if summary is None:
-        return None
-    try:
-        blob = paths.read_bytes(os.path.join(directory, STAGE_PARAMS))
-    except FileNotFoundError:  # finished by a version that did not store them: re-open it
-        return None
-    return flax.serialization.from_bytes(template, blob), summary
+    return result.params, result.summary
 
 
 def teacher_samples(config, directory: str, teacher_params, seed: int) -> np.ndarray:

@@ -243,6 +243,66 @@ def choose(family: str, settings: list[dict], summaries: dict, seeds) -> dict:
     return close[0] if close else ordered[-1]
 
 
+def family_section(family: str, summaries: dict, seeds: list[int]) -> str:
+    """One family's section of ``results/lm.md``: each row at its chosen setting (mean ± std over
+    ``seeds``), the tuned field's whole sweep, and the command of every row."""
+    module, rows, columns = FAMILIES[family]
+    lines = [
+        f"## {family}",
+        "",
+        ABOUT[family],
+        "",
+        "| method | " + " | ".join(title for _, title in columns) + " | train s |",
+        "|---|" + "---|" * (len(columns) + 1),
+    ]
+    commands, appendix = [], []
+    for label, overrides in rows:
+        settings = row_settings(family, label, overrides)
+        by_setting = {
+            json.dumps(o, sort_keys=True): [
+                summaries[(family, label, json.dumps(o, sort_keys=True), s)] for s in seeds
+            ]  # fmt: skip
+            for o in settings
+        }
+        chosen = choose(family, settings, {(k, s): r for k, runs in by_setting.items() for s, r in zip(seeds, runs, strict=True)}, seeds)  # fmt: skip
+        runs = by_setting[json.dumps(chosen, sort_keys=True)]
+        shown = label
+        if (family, label) in TUNED_ROWS:
+            field = TUNE[family][0]
+            shown = f"{label} ({'η' if field == 'eta' else field} = {chosen[field]:g}, chosen)"
+            appendix += [
+                f"| {label} | {o[field]:g}{' (chosen)' if o == chosen else ''} | "
+                + " | ".join(
+                    cell([r[f"exact/{key}"] for r in by_setting[json.dumps(o, sort_keys=True)]])
+                    for key, _ in columns
+                )  # fmt: skip
+                + " |"
+                for o in settings
+            ]
+        if family == "dphrl" and label == "GRPO alone":  # the initial policy, from the same runs
+            cells = [cell([s[f"exact/{_initial(key)}"] for s in runs]) for key, _ in columns]
+            lines.append("| initial policy π₀ | " + " | ".join(cells) + " | |")
+        cells = [cell([s[f"exact/{key}"] for s in runs]) for key, _ in columns]
+        wall = np.mean([s["train_seconds"] for s in runs])
+        lines.append(f"| {shown} | " + " | ".join(cells) + f" | {wall:.0f} |")
+        commands.append(f"- {shown}: `{command(module, chosen)}`")
+    if appendix:
+        field = TUNE[family][0]
+        lines_appendix = [
+            "",
+            f"The {field} sweep (every value, mean ± sample std over seeds). Chosen: the "
+            f"smallest {field} whose {TUNE[family][2]} (validation prompts, seed mean) is "
+            f"within {TUNE[family][3]} of the initial policy's, else the largest:",
+            "",
+            f"| method | {field} | " + " | ".join(title for _, title in columns) + " |",
+            "|---|---|" + "---|" * len(columns),
+            *appendix,
+        ]
+    else:
+        lines_appendix = []
+    return "\n".join(lines + lines_appendix + ["", *commands, ""])
+
+
 def main() -> None:
     from experiments import sweep
 
@@ -279,63 +339,7 @@ def main() -> None:
     sweep.run_jobs(run_one, jobs, args.workers, done)
     sections = []
     for family in families:
-        module, rows, columns = FAMILIES[family]
-        lines = [
-            f"## {family}",
-            "",
-            ABOUT[family],
-            "",
-            "| method | " + " | ".join(title for _, title in columns) + " | train s |",
-            "|---|" + "---|" * (len(columns) + 1),
-        ]
-        commands, appendix = [], []
-        for label, overrides in rows:
-            settings = row_settings(family, label, overrides)
-            by_setting = {
-                json.dumps(o, sort_keys=True): [
-                    summaries[(family, label, json.dumps(o, sort_keys=True), s)] for s in seeds
-                ]  # fmt: skip
-                for o in settings
-            }
-            chosen = choose(family, settings, {(k, s): r for k, runs in by_setting.items() for s, r in zip(seeds, runs, strict=True)}, seeds)  # fmt: skip
-            runs = by_setting[json.dumps(chosen, sort_keys=True)]
-            shown = label
-            if (family, label) in TUNED_ROWS:
-                field = TUNE[family][0]
-                shown = f"{label} ({'η' if field == 'eta' else field} = {chosen[field]:g}, chosen)"
-                appendix += [
-                    f"| {label} | {o[field]:g}{' (chosen)' if o == chosen else ''} | "
-                    + " | ".join(
-                        cell([r[f"exact/{key}"] for r in by_setting[json.dumps(o, sort_keys=True)]])
-                        for key, _ in columns
-                    )  # fmt: skip
-                    + " |"
-                    for o in settings
-                ]
-            if (
-                family == "dphrl" and label == "GRPO alone"
-            ):  # the initial policy, from the same runs
-                cells = [cell([s[f"exact/{_initial(key)}"] for s in runs]) for key, _ in columns]
-                lines.append("| initial policy π₀ | " + " | ".join(cells) + " | |")
-            cells = [cell([s[f"exact/{key}"] for s in runs]) for key, _ in columns]
-            wall = np.mean([s["train_seconds"] for s in runs])
-            lines.append(f"| {shown} | " + " | ".join(cells) + f" | {wall:.0f} |")
-            commands.append(f"- {shown}: `{command(module, chosen)}`")
-        if appendix:
-            field = TUNE[family][0]
-            lines_appendix = [
-                "",
-                f"The {field} sweep (every value, mean ± sample std over seeds). Chosen: the "
-                f"smallest {field} whose {TUNE[family][2]} (validation prompts, seed mean) is "
-                f"within {TUNE[family][3]} of the initial policy's, else the largest:",
-                "",
-                f"| method | {field} | " + " | ".join(title for _, title in columns) + " |",
-                "|---|---|" + "---|" * len(columns),
-                *appendix,
-            ]
-        else:
-            lines_appendix = []
-        sections.append("\n".join(lines + lines_appendix + ["", *commands, ""]))
+        sections.append(family_section(family, summaries, seeds))
         print(sections[-1], flush=True)
 
     total = (time.perf_counter() - start) / 60

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 __all__ = [
+    "add_noise",
     "denoised_from_score",
     "edm_denoising_loss",
     "edm_loss_weight",
@@ -44,6 +45,12 @@ def per_sample(sigma, x: jax.Array) -> jax.Array:
     if sigma.ndim != 1 or sigma.shape[0] not in (1, x.shape[0]):
         raise ValueError(f"sigma must be a scalar or [B] with B = {x.shape[0]}, got {sigma.shape}")
     return sigma.reshape((-1,) + (1,) * (x.ndim - 1))
+
+
+def add_noise(x0: jax.Array, sigma, eps: jax.Array) -> jax.Array:
+    """``x_t = x0 + sigma * eps``, ``sigma`` a scalar or ``[B]`` (one level per sample of ``x0``
+    ``[B, ...]``); ``eps`` shaped like ``x0``, usually ``N(0, I)``."""
+    return x0 + per_sample(sigma, x0) * eps
 
 
 def score_from_denoiser(denoised, x, sigma) -> jax.Array:

@@ -364,6 +364,17 @@ def test_denoiser_bad_inputs():
         jax.eval_shape(lambda: models.ScoreMLP().init(KEY, jnp.zeros((1, 2, 2)), 1.0, train=False))
 
 
+def test_add_noise_scales_each_sample_by_its_own_level():
+    x0 = np.arange(12, dtype=np.float32).reshape(3, 2, 2)
+    eps = np.ones_like(x0)
+    sigma = np.array([0.5, 1.0, 2.0], np.float32)
+    expected = x0 + sigma[:, None, None] * eps  # by hand: row b moves by sigma_b
+    np.testing.assert_array_equal(dif.add_noise(x0, sigma, eps), expected)
+    np.testing.assert_array_equal(dif.add_noise(x0, 3.0, eps), x0 + 3.0)
+    with pytest.raises(ValueError, match="sigma must be a scalar or"):
+        dif.add_noise(x0, np.ones(2, np.float32), eps)
+
+
 def test_score_from_denoiser():
     x = _points(16, 2)
     sigma = jnp.geomspace(0.1, 5.0, 16).astype(jnp.float32)
@@ -437,7 +448,7 @@ def _train(module, sample_x0, steps, batch, lr, sigma_data, key):
         k1, k2, k3 = jax.random.split(k, 3)
         x0 = sample_x0(k1, batch)
         sigma = dif.edm_sigma_sample(k2, batch)
-        xt = x0 + dif.per_sample(sigma, x0) * jax.random.normal(k3, x0.shape)
+        xt = dif.add_noise(x0, sigma, jax.random.normal(k3, x0.shape))
         denoised = module.apply(p, xt, sigma, train=True)
         return jnp.mean(dif.edm_denoising_loss(denoised, x0, sigma, sigma_data=sigma_data))
 

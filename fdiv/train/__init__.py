@@ -10,6 +10,7 @@ and sampling inside the step are expressed.
 from fdiv.train import optim, parallel
 from fdiv.train.checkpoint import Checkpointer, load_arrays
 from fdiv.train.loop import Dataset, NonFiniteError, Task, TrainConfig, TrainResult, evaluate, train
+from fdiv.train.stage import StageResult, fingerprint, train_stage
 from fdiv.train.state import LossFn, TrainState, Update, init_state, make_train_step
 
 __all__ = [
@@ -17,16 +18,19 @@ __all__ = [
     "Dataset",
     "LossFn",
     "NonFiniteError",
+    "StageResult",
     "Task",
     "TrainConfig",
     "TrainResult",
     "TrainState",
     "Update",
     "evaluate",
+    "fingerprint",
     "init_state",
     "load_arrays",
     "make_train_step",
     "optim",
     "parallel",
     "train",
+    "train_stage",
 ]
