@@ -163,6 +163,48 @@ def methods_section(results, panels, seeds, out) -> list[str]:
         f"Samples of seed {seeds[0]} over the true density's contours: "
         f"`{os.path.basename(figure)}`.",
         "",
+        *per_seed_section(results, seeds),
+    ]
+
+
+# Issue 11's bar for every method and seed: modes, energy distance, high quality.
+BAR = {"modes_covered": 7, "energy": 0.1, "high_quality": 0.85}
+
+
+def meets_bar(summary) -> bool:
+    return (
+        summary["eval/modes_covered"] >= BAR["modes_covered"]
+        and summary["eval/energy"] <= BAR["energy"]
+        and summary["eval/high_quality"] >= BAR["high_quality"]
+    )
+
+
+def per_seed_section(results, seeds) -> list[str]:
+    """Each method's modes / high quality / energy per seed, marked where it meets :data:`BAR`."""
+    lines = [
+        "| method | " + " | ".join(f"seed {s}" for s in seeds) + " | seeds meeting the bar |",
+        "|---" * (len(seeds) + 2) + "|",
+    ]
+    teacher_hq = np.mean([results[(METHODS[0][0], s)]["eval/teacher_high_quality"] for s in seeds])
+    for label, _, _ in METHODS:
+        cells, met = [], 0
+        for s in seeds:
+            r = results[(label, s)]
+            ok = meets_bar(r)
+            met += ok
+            cells.append(
+                f"{r['eval/modes_covered']:.0f} / {r['eval/high_quality']:.3f} / "
+                f"{r['eval/energy']:.3f}{' ✓' if ok else ''}"
+            )
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {met} of {len(seeds)} |")
+    return [
+        "### Per seed: modes covered / high quality / energy",
+        "",
+        f"✓: at least {BAR['modes_covered']} of 8 modes, energy ≤ {BAR['energy']} and high "
+        f"quality ≥ {BAR['high_quality']} (the teacher's own samples: {teacher_hq:.3f} on average).",
+        "",
+        *lines,
+        "",
     ]
 
 

@@ -135,8 +135,8 @@ def test_cosine_schedules_span_each_networks_own_updates():
     c = importlib.import_module("configs.fdistill_mog").get_config()
     c.critic_optimizer.schedule = "cosine"
     counts = fdistill.optimizer_updates(c)
-    assert counts["generator"] == c.train.total_steps == 3000
-    assert counts["fake_score"] == counts["discriminator"] == 3000 * c.critic_steps == 12000
+    assert counts["generator"] == c.train.total_steps == 9000
+    assert counts["fake_score"] == counts["discriminator"] == 9000 * c.critic_steps == 36000
 
     def update_sizes(num_updates, steps):  # |w change| per step with a cosine over num_updates
         opt = optim.from_config(c.critic_optimizer, num_updates, name="adamw")
