@@ -276,6 +276,33 @@ def jobs_of(args, seeds, ablation_seeds, parts) -> list[tuple]:
     return jobs, list(unique.values())
 
 
+def document(args, sections, minutes: float, run_seconds: float) -> str:
+    """``results/diffusion.md``: how it was produced, then ``sections``."""
+    command = (
+        f"python -m experiments.diffusion_table --workdir={args.workdir} --out={args.out} "
+        f"--records={args.records} --seeds={args.seeds} --ablation_seeds={args.ablation_seeds} "
+        f"--parts={args.parts}"
+    )
+    if args.steps:
+        command += f" --steps={args.steps}"
+    text = "\n".join(
+        [
+            "# One-step diffusion distillation: the official updates on a 2-D mixture and digits",
+            "",
+            f"Produced by `{command}` ({minutes:.1f} min to assemble on {machine()}; the runs "
+            f"themselves took {run_seconds / 60:.0f} min of training, summed over runs; each "
+            f"run's record, with the machine it ran on, is in `{args.records}/`: recorded runs "
+            "are read back, not retrained). The update is NVlabs FastGen's f-distill "
+            "(x0-space, per-sample `mean|x − x̂_teacher|` normaliser, GAN term 1e-3, generator and "
+            "fake score initialised from the teacher) and SiD's weighting for SIM; the parity "
+            "table is in `experiments/README.md`.",
+            "",
+            *sections,
+        ]
+    )
+    return text
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="runs/diffusion_table")
@@ -318,28 +345,7 @@ def main() -> None:
     if "digits" in parts:
         sections += digits_section(results, seeds[0])
     minutes = (time.time() - start) / 60
-    command = (
-        f"python -m experiments.diffusion_table --workdir={args.workdir} --out={args.out} "
-        f"--records={args.records} --seeds={args.seeds} --ablation_seeds={args.ablation_seeds} "
-        f"--parts={args.parts}"
-    )
-    if args.steps:
-        command += f" --steps={args.steps}"
-    text = "\n".join(
-        [
-            "# One-step diffusion distillation: the official updates on a 2-D mixture and digits",
-            "",
-            f"Produced by `{command}` ({minutes:.1f} min to assemble on {machine()}; the runs "
-            f"themselves took {run_seconds / 60:.0f} min of training, summed over runs; each "
-            f"run's record, with the machine it ran on, is in `{args.records}/`: recorded runs "
-            "are read back, not retrained). The update is NVlabs FastGen's f-distill "
-            "(x0-space, per-sample `mean|x − x̂_teacher|` normaliser, GAN term 1e-3, generator and "
-            "fake score initialised from the teacher) and SiD's weighting for SIM; the parity "
-            "table is in `experiments/README.md`.",
-            "",
-            *sections,
-        ]
-    )
+    text = document(args, sections, minutes, run_seconds)
     write(args.out, text)
     print(text)
 

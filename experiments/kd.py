@@ -326,6 +326,34 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     return train_run(config, workdir).summary
 
 
+def _rules(config, nets: Networks, total_steps: int, teacher_params=None, teacher_state=None):
+    """``(names, update, optimizers, init)`` of ``config.method``: online methods train student
+    and teacher together; offline ones the student beside the frozen teacher of the first stage."""
+    method = config.method
+    if method in ONLINE:
+        names = ["student", "teacher"]
+        update = Update("online", online_loss_fn(config, nets), ("student", "teacher"))
+        optimizers = {
+            "student": optim.from_config(config.optimizer, total_steps),
+            "teacher": optim.from_config(config.teacher_optimizer, total_steps),
+        }
+
+        def init(key):
+            return nets.init(key, names)
+    else:
+        names = ["student"] if method == "student" else ["student", "teacher"]
+        update = Update("student", student_loss_fn(config, nets), ("student",))
+        optimizers = {"student": optim.from_config(config.optimizer, total_steps)}
+
+        def init(key):
+            params, model_state = nets.init(key, ["student"])
+            if teacher_params is not None:
+                params["teacher"], model_state["teacher"] = teacher_params, teacher_state
+            return params, model_state
+
+    return names, update, optimizers, init
+
+
 def train_run(config: ml_collections.ConfigDict, workdir: str) -> KDRun:
     """Run ``config.method`` (resuming, or re-opening a finished run) and keep what it trained."""
     validate(config)
@@ -352,26 +380,7 @@ def train_run(config: ml_collections.ConfigDict, workdir: str) -> KDRun:
             network="teacher",
         )
 
-    if method in ONLINE:
-        names = ["student", "teacher"]
-        update = Update("online", online_loss_fn(config, nets), ("student", "teacher"))
-        optimizers = {
-            "student": optim.from_config(config.optimizer, tcfg.total_steps),
-            "teacher": optim.from_config(config.teacher_optimizer, tcfg.total_steps),
-        }
-
-        def init(key):
-            return nets.init(key, names)
-    else:
-        names = ["student"] if method == "student" else ["student", "teacher"]
-        update = Update("student", student_loss_fn(config, nets), ("student",))
-        optimizers = {"student": optim.from_config(config.optimizer, tcfg.total_steps)}
-
-        def init(key):
-            params, model_state = nets.init(key, ["student"])
-            if teacher_params is not None:
-                params["teacher"], model_state["teacher"] = teacher_params, teacher_state
-            return params, model_state
+    names, update, optimizers, init = _rules(config, nets, tcfg.total_steps, teacher_params, teacher_state)  # fmt: skip
 
     task = Task(
         init=init,
