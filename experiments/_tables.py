@@ -59,7 +59,7 @@ class RunRecords:
 
         flat = wd.flatten(json.loads(config.to_json_best_effort(sort_keys=True)))
         skip = tuple(wd.EXEMPT) + self.ignore
-        return {k: v for k, v in sorted(flat.items()) if not wd._exempt(k, skip)}
+        return {k: v for k, v in sorted(flat.items()) if not wd.is_exempt(k, skip)}
 
     def get(self, name: str, config) -> dict | None:
         """The stored record of ``name`` (``summary``, ``machine``; ``arrays`` if stored) for this

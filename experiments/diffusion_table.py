@@ -285,7 +285,7 @@ def document(args, sections, minutes: float, run_seconds: float) -> str:
     )
     if args.steps:
         command += f" --steps={args.steps}"
-    text = "\n".join(
+    return "\n".join(
         [
             "# One-step diffusion distillation: the official updates on a 2-D mixture and digits",
             "",
@@ -300,7 +300,6 @@ def document(args, sections, minutes: float, run_seconds: float) -> str:
             *sections,
         ]
     )
-    return text
 
 
 def main() -> None:

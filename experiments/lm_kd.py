@@ -48,7 +48,7 @@ from fdiv import fused, generators
 from fdiv.data import text as fdata_text
 from fdiv.models import sampling
 from fdiv.models.transformer import CausalTransformer
-from fdiv.train import Task, TrainConfig, Update, optim, train, train_stage
+from fdiv.train import Task, TrainConfig, Update, fingerprint, optim, train, train_stage
 
 METHODS = ("student", "kd")
 TEACHER_KEYS = ("corpus", "files", "data_dir", "vocab_size", "block_length", "teacher")
@@ -325,9 +325,10 @@ def train_teacher(config, workdir: str, splits) -> tuple[Any, Any]:
     teacher, student = model(config, "teacher"), model(config, "student")
     dummy = jnp.zeros((1, config.block_length), jnp.int32)
     teacher_dir = config.teacher_workdir or os.path.join(workdir, "teacher")
-    t_config = ml_collections.ConfigDict({k: config[k] for k in TEACHER_KEYS})
-    t_config.train = config.train.copy_and_resolve_references()
-    t_config.train.total_steps = config.teacher_steps
+    # only what decides the teacher, so runs can share it
+    stage_json = fingerprint(
+        config, TEACHER_KEYS, train={**config.train.to_dict(), "total_steps": config.teacher_steps}
+    )
     params, _, summary = train_stage(
         Task(
             init=lambda key: ({"teacher": teacher.init(key, _context(dummy), dummy)["params"]}, {}),
@@ -341,7 +342,7 @@ def train_teacher(config, workdir: str, splits) -> tuple[Any, Any]:
         ),
         train_config(config, total_steps=config.teacher_steps),
         teacher_dir,
-        config_json=t_config.to_json_best_effort(sort_keys=True),
+        config_json=stage_json,
         network="teacher",
     )
     if config.teacher_top_k and config.regime == "supervised":

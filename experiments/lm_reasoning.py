@@ -48,7 +48,7 @@ from fdiv import generators
 from fdiv.analysis import provenance as prov
 from fdiv.data import reasoning as rz
 from fdiv.models.transformer import CausalTransformer
-from fdiv.train import Task, TrainConfig, Update, optim, train, train_stage
+from fdiv.train import Task, TrainConfig, Update, fingerprint, optim, train, train_stage
 
 SELECTIONS = ("all", "random", "length", "divergence", "teacher_count")
 FIELD_RULES = {
@@ -247,10 +247,11 @@ def stage(config, workdir: str, name: str, net: str, style: str, steps: int, eva
     p = problems(config, "train")
     data = Rows(rz.encode_rows(p, style, config.max_steps), p.answers())
     dummy = jnp.zeros((1, data.tokens.shape[1]), jnp.int32)
-    s_config = ml_collections.ConfigDict({k: config[k] for k in ("max_steps", "num_train", "train_lengths", "data_seed", "learning_rate", net)})  # fmt: skip
     # only what decides the stage: changing the evaluation cadence keeps a trained teacher
-    s_config.style = style
-    s_config.train = {"batch_size": config.train.batch_size, "seed": config.stages_seed, "total_steps": steps}  # fmt: skip
+    stage_json = fingerprint(
+        config, ("max_steps", "num_train", "train_lengths", "data_seed", "learning_rate", net),
+        style=style, train={"batch_size": config.train.batch_size, "seed": config.stages_seed, "total_steps": steps},
+    )  # fmt: skip
     result = train_stage(
         Task(
             init=lambda key: ({net: module.init(key, _context(dummy), dummy)["params"]}, {}),
@@ -270,7 +271,7 @@ def stage(config, workdir: str, name: str, net: str, style: str, steps: int, eva
             }
         ),  # fmt: skip
         os.path.join(workdir, name),
-        config_json=s_config.to_json_best_effort(sort_keys=True),
+        config_json=stage_json,
         network=net,
     )
     return result.params, result.summary

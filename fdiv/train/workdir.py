@@ -41,6 +41,7 @@ __all__ = [
     "WorkdirLock",
     "check_config",
     "flatten",
+    "is_exempt",
     "read_metrics",
     "truncate_metrics",
 ]
@@ -78,7 +79,7 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _exempt(path: str, prefixes=EXEMPT) -> bool:
+def is_exempt(path: str, prefixes=EXEMPT) -> bool:
     """``path`` is one of ``prefixes`` or a field under one."""
     return any(path == e or path.startswith(e + ".") for e in prefixes)
 
@@ -115,7 +116,7 @@ def check_config(workdir: str, config: Mapping[str, Any]) -> dict[str, Any] | No
     changed = sorted(
         k
         for k in set(old) | set(new)
-        if not _exempt(k) and old.get(k, missing) != new.get(k, missing)
+        if not is_exempt(k) and old.get(k, missing) != new.get(k, missing)
     )
     differing = [k for k in changed if k != EXTENSIBLE]
     if differing:
