@@ -220,7 +220,7 @@ def test_short_mixture_run_covers_the_modes(module, overrides, tmp_path):
     c = importlib.import_module(f"configs.{module}").get_config()
     # The configs' 9,000 generator updates: at 3,000 the outcome depends on the last bits of the
     # arithmetic (SIM-L2 seed 0 at 3,000: 8 modes at XLA's default optimisation, 4 under this
-    # suite's XLA flags, same teacher), at 9,000 every seed's record covers 8.
+    # suite's XLA flags, same teacher); at 9,000 both methods' records cover 8 on every seed.
     c.update(overrides)
     c.train.progress = False
     c.num_eval_samples = 2000
