@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import fdistill
+from experiments import diffusion_update_share, fdistill
 from fdiv import generators
 from fdiv.train import optim
 
@@ -297,3 +297,40 @@ def test_mixture_trains_its_teacher_in_the_workdir_or_the_shared_stages_dir(tmp_
     fdistill.run(c, str(tmp_path / "run2"))
     assert not (tmp_path / "run2" / "teacher").exists()
     assert json.load(open(tmp_path / "shared" / "teacher" / "summary.json"))["step"] == 5
+
+
+def test_update_by_region_by_hand():
+    g = np.asarray([[3.0, 4.0], [0.0, 1.0], [6.0, 8.0], [0.0, 2.0]])  # norms 5, 1, 10, 2
+    off = np.asarray([True, False, False, True])
+    r = diffusion_update_share.update_by_region(g, np.asarray([2.0, 1.0, 1.0, 4.0]), off)
+    assert r["off"] == 0.5
+    np.testing.assert_allclose(r["h_ratio"], 3.0 / 2.0)  # mean(2, 4) / mean(2, 1, 1, 4)
+    np.testing.assert_allclose(r["push_ratio"], (5 + 2) / 18 / 0.5)
+    none_off = diffusion_update_share.update_by_region(g, np.ones(4), np.zeros(4, bool))
+    assert none_off["off"] == 0.0 and np.isnan(none_off["push_ratio"])
+
+
+@pytest.mark.parametrize("divergence", ["reverse_kl", "js"])
+def test_update_share_of_a_finished_mixture_run(divergence, tmp_path, stages):
+    c = small(stages_dir=stages, divergence=divergence)
+    c.train.total_steps = 5
+    fdistill.run(c, str(tmp_path))
+    r = diffusion_update_share.measure(str(tmp_path), n=400, seed=3)
+    # "off" recomputed from the same generator draw with scipy's distances
+    from scipy.spatial.distance import cdist
+
+    from fdiv.train import checkpoint
+
+    _, setting = fdistill.build_task(c, str(tmp_path))
+    weights = checkpoint.load_arrays(str(tmp_path / "checkpoints"))["params"]["generator"]
+    z = jax.random.normal(jax.random.split(jax.random.key(3), 3)[0], (400, 2))
+    x = setting.denoiser.apply({"params": weights}, c.generator.init_sigma * z, jnp.full((400,), c.generator.init_sigma), train=False)  # fmt: skip
+    mix = fdistill._mixture(c)
+    off = cdist(np.asarray(x, np.float64), np.asarray(mix.means)).min(axis=1) > 3 * 0.25
+    assert r["off"] == pytest.approx(off.mean(), abs=1e-9)
+    assert off.any()  # 5 updates from the teacher's copy: most samples still between modes
+    assert r["push_ratio"] > 0 and np.isfinite(r["push_ratio"])
+    if divergence == "reverse_kl":  # h = 1: no preference by weight
+        assert r["h_ratio"] == 1.0
+    else:
+        assert np.isfinite(r["h_ratio"]) and r["h_ratio"] > 0

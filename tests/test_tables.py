@@ -59,7 +59,8 @@ def _fake_summary(i: int, digits: bool) -> dict:
 def test_diffusion_table_assembles_from_records_without_training(tmp_path, monkeypatch):
     records, out = str(tmp_path / "records"), str(tmp_path / "diffusion.md")
     args = argparse.Namespace(workdir=str(tmp_path / "runs"), records=records, steps=0)
-    jobs, unique = diffusion_table.jobs_of(args, [0, 1], [0], ["methods", "ablations", "digits"])
+    parts = ["methods", "cosine", "ablations", "digits"]
+    jobs, unique = diffusion_table.jobs_of(args, [0, 1], [0], parts)
     # the official ablation row is the JS run of the main table, not a second run
     assert len(unique) == len(jobs) - 1
     store = _tables.RunRecords(records)
@@ -74,7 +75,7 @@ def test_diffusion_table_assembles_from_records_without_training(tmp_path, monke
 
     monkeypatch.setattr(fdistill, "run", no_training)
     monkeypatch.setattr(sweep, "finished_summary", no_training)
-    argv = ["diffusion_table", f"--workdir={args.workdir}", f"--records={records}", f"--out={out}", "--seeds=0,1"]  # fmt: skip
+    argv = ["diffusion_table", f"--workdir={args.workdir}", f"--records={records}", f"--out={out}", "--seeds=0,1", f"--parts={','.join(parts)}"]  # fmt: skip
     monkeypatch.setattr(sys, "argv", argv)
     diffusion_table.main()
     text = open(out, encoding="utf-8").read()
@@ -86,6 +87,14 @@ def test_diffusion_table_assembles_from_records_without_training(tmp_path, monke
     js_energy = np.mean([0.01 * js_seed0, 0.01 * js_seed1])
     js_row = next(line for line in text.splitlines() if line.startswith("| JS |"))
     assert f"{js_energy:.4f} ±" in js_row
+    # the cosine part: the same method with the generator's rate decayed, its own runs
+    by_name = {a[7]: a for _, a in unique}
+    cosine_config = diffusion_table.make_config(*by_name["seed1/cosine_js"][:3], "", 0)
+    assert (cosine_config.divergence, cosine_config.generator_optimizer.schedule) == ("js", "cosine")
+    assert diffusion_table.make_config(*by_name["seed1/js"][:3], "", 0).generator_optimizer.schedule == "constant"  # fmt: skip
+    cosine_energy = np.mean([0.01 * names.index("seed0/cosine_js"), 0.01 * names.index("seed1/cosine_js")])  # fmt: skip
+    cosine_row = next(line for line in text.splitlines() if line.startswith("| JS, cosine |"))
+    assert f"{cosine_energy:.4f} ±" in cosine_row
     official = next(line for line in text.splitlines() if line.startswith("| official"))
     assert f"| {0.01 * js_seed0:.4f} ± 0.0000 |" in official
     assert f"took {len(unique)} min of training" in text  # 60 s per recorded run

@@ -1,0 +1,91 @@
+"""Where a finished mixture run's generator update goes: samples on a mode vs between modes.
+
+    python -m experiments.diffusion_update_share runs/diffusion_table/seed0/forward_kl ...
+
+For the final raw generator weights of each run (the ones the next update would change; not an
+EMA): ``n`` generator samples ``x_i``, each noised at a level drawn from the run's own
+distribution, and the per-sample update of the distribution-matching loss
+``g_i = d loss / d x_i`` exactly as in training (f-distill: with its weight ``h_i``, batch
+normalised; SIM: ``h ≡ 1``). A sample is *off* when it lies more than 3 std from every mode
+(the complement of ``eval/high_quality``). Printed per run (:func:`update_by_region`):
+
+- ``off``: the fraction of samples off every mode;
+- ``h ratio``: mean ``h`` over the off samples / mean ``h`` over all;
+- ``push ratio``: the off samples' share of ``Σ_i ||g_i||`` / their share of samples, i.e. the mean
+  update size of an off sample relative to the average sample (1: no preference; < 1: samples
+  between modes are pulled less than the rest).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import jax
+import ml_collections
+import numpy as np
+
+from experiments import fdistill
+from fdiv import diffusion
+from fdiv.losses import diffusion as dl
+from fdiv.train import checkpoint, paths
+
+
+def update_by_region(g: np.ndarray, h: np.ndarray, off: np.ndarray) -> dict[str, float]:
+    """``off``, ``h_ratio`` and ``push_ratio`` (module docstring) of per-sample updates ``g [n, d]``,
+    weights ``h [n]`` and the mask ``off [n]`` (NaN ratios when no sample is off)."""
+    g, h, off = np.asarray(g, np.float64), np.asarray(h, np.float64), np.asarray(off, bool)
+    norms = np.linalg.norm(g.reshape(len(g), -1), axis=-1)
+    fraction = float(np.mean(off))
+    if not off.any():
+        return {"off": 0.0, "h_ratio": float("nan"), "push_ratio": float("nan")}
+    return {
+        "off": fraction,
+        "h_ratio": float(np.mean(h[off]) / np.mean(h)),
+        "push_ratio": float(np.sum(norms[off]) / np.sum(norms) / fraction),
+    }
+
+
+def measure(workdir: str, n: int = 5000, seed: int = 0) -> dict[str, float]:
+    """:func:`update_by_region` of the mixture run finished in ``workdir`` (its latest checkpoint)."""
+    config = ml_collections.ConfigDict(json.loads(paths.read_text(os.path.join(workdir, "config.json"))))  # fmt: skip
+    if config.dataset != "mog":
+        raise ValueError(f"{workdir} is a {config.dataset!r} run; the modes are the mixture's")
+    _, setting = fdistill.build_task(config, workdir)  # loads the teacher stage
+    run = fdistill.Distillation(config, setting)
+    state = checkpoint.load_arrays(os.path.join(workdir, "checkpoints"))
+    params, model_state = state["params"], dict(state.get("model_state", {}))
+    if "ratio_stats" in model_state:  # restored as a plain dict
+        model_state["ratio_stats"] = dl.RatioStats(**model_state["ratio_stats"])
+    kz, ks, ke = jax.random.split(jax.random.key(seed), 3)
+    x = run.generate(params, jax.random.normal(kz, (n, *setting.shape)))
+    sigma = fdistill.sample_sigma(ks, n, config)
+    eps = jax.random.normal(ke, x.shape)
+    h = np.ones(n)
+    if config.method == "sim":
+        _, g, _, _ = run.sim_generator(params, x, sigma, eps)
+    else:
+        _, g, _, _ = run.fdistill_generator(params, model_state, x, sigma, eps)
+        if run.uses_ratio:
+            logit = run.logits(params, diffusion.add_noise(x, sigma, eps), sigma)
+            h = np.asarray(run.ratio_weight(logit, sigma, model_state)[0])
+    mix = fdistill._mixture(config)
+    distance = np.min(np.linalg.norm(np.asarray(x)[:, None] - np.asarray(mix.means)[None], axis=-1), axis=1)  # fmt: skip
+    return update_by_region(np.asarray(g), h, distance > 3 * float(np.max(mix.std)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("workdirs", nargs="+")
+    parser.add_argument("--n", type=int, default=5000)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    print("| run | off | h ratio | push ratio |\n|---|---|---|---|")
+    for workdir in args.workdirs:
+        r = measure(workdir, args.n, args.seed)
+        print(f"| {workdir} | {r['off']:.3f} | {r['h_ratio']:.3f} | {r['push_ratio']:.3f} |", flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
