@@ -10,7 +10,8 @@ machine; seed 0's samples for the figure), so the table, hours of CPU, can be ru
 from a clean clone without training. The runs of one seed share that seed's teacher (``<workdir>/seed<s>/stages``). The
 ablation table switches off one piece of the official update at a time for ``ABLATION_F``; the
 ``cosine`` part repeats every method and seed with the generator's learning rate decayed (a named
-deviation, :data:`COSINE`); the figure shows seed 0's 5,000 evaluation samples of every method over the true density's contours.
+deviation, :data:`COSINE`); the figure shows seed 0's 5,000 evaluation samples of every method
+over the true density's contours.
 """
 
 from __future__ import annotations

@@ -90,8 +90,10 @@ def test_diffusion_table_assembles_from_records_without_training(tmp_path, monke
     # the cosine part: the same method with the generator's rate decayed, its own runs
     by_name = {a[7]: a for _, a in unique}
     cosine_config = diffusion_table.make_config(*by_name["seed1/cosine_js"][:3], "", 0)
-    assert (cosine_config.divergence, cosine_config.generator_optimizer.schedule) == ("js", "cosine")
-    assert diffusion_table.make_config(*by_name["seed1/js"][:3], "", 0).generator_optimizer.schedule == "constant"  # fmt: skip
+    official_config = diffusion_table.make_config(*by_name["seed1/js"][:3], "", 0)
+    assert cosine_config.divergence == official_config.divergence == "js"
+    assert cosine_config.generator_optimizer.schedule == "cosine"
+    assert official_config.generator_optimizer.schedule == "constant"
     cosine_energy = np.mean([0.01 * names.index("seed0/cosine_js"), 0.01 * names.index("seed1/cosine_js")])  # fmt: skip
     cosine_row = next(line for line in text.splitlines() if line.startswith("| JS, cosine |"))
     assert f"{cosine_energy:.4f} ±" in cosine_row
