@@ -27,7 +27,7 @@ import ml_collections
 import numpy as np
 
 from experiments import fdistill
-from fdiv import diffusion
+from fdiv import diffusion, metrics
 from fdiv.losses import diffusion as dl
 from fdiv.train import checkpoint, paths
 
@@ -52,7 +52,7 @@ def measure(workdir: str, n: int = 5000, seed: int = 0) -> dict[str, float]:
     config = ml_collections.ConfigDict(json.loads(paths.read_text(os.path.join(workdir, "config.json"))))  # fmt: skip
     if config.dataset != "mog":
         raise ValueError(f"{workdir} is a {config.dataset!r} run; the modes are the mixture's")
-    _, setting = fdistill.build_task(config, workdir)  # loads the teacher stage
+    setting = fdistill.mixture_setting(config, workdir)  # loads the teacher stage
     run = fdistill.Distillation(config, setting)
     state = checkpoint.load_arrays(os.path.join(workdir, "checkpoints"))
     params, model_state = state["params"], dict(state.get("model_state", {}))
@@ -71,8 +71,8 @@ def measure(workdir: str, n: int = 5000, seed: int = 0) -> dict[str, float]:
             logit = run.logits(params, diffusion.add_noise(x, sigma, eps), sigma)
             h = np.asarray(run.ratio_weight(logit, sigma, model_state)[0])
     mix = fdistill._mixture(config)
-    distance = np.min(np.linalg.norm(np.asarray(x)[:, None] - np.asarray(mix.means)[None], axis=-1), axis=1)  # fmt: skip
-    return update_by_region(np.asarray(g), h, distance > 3 * float(np.max(mix.std)))
+    _, inside = metrics.mode_assignment(x, mix.means, std=float(np.max(mix.std)))
+    return update_by_region(np.asarray(g), h, ~np.asarray(inside))
 
 
 def main() -> None:

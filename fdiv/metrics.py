@@ -47,6 +47,7 @@ __all__ = [
     "frechet_distance",
     "knn_precision_recall",
     "mmd_rbf",
+    "mode_assignment",
     "mode_statistics",
     "nll",
     "pass_at_k",
@@ -339,6 +340,30 @@ def _safe_sqrt(d2: jax.Array) -> jax.Array:
     return jnp.where(positive, jnp.sqrt(jnp.where(positive, d2, 1.0)), 0.0)
 
 
+def _assign(samples, means, std, num_std):
+    d2 = _row_map(lambda d2, _: d2, samples, means)  # [n, K]
+    return jnp.argmin(d2, axis=-1), jnp.min(d2, axis=-1) <= (num_std * std) ** 2
+
+
+def mode_assignment(
+    samples: ArrayLike, means: ArrayLike, *, std: float, num_std: float = 3.0
+) -> tuple[jax.Array, jax.Array]:
+    """Each sample's nearest mode and whether it is assigned to it, as :func:`mode_statistics`
+    counts them: ``nearest_i = argmin_k ||x_i - mu_k||`` (ties to the lowest index) and
+    ``inside_i = ||x_i - mu_nearest_i|| <= num_std * std``.
+
+    Args:
+      samples: ``[n, d]``; means: ``[K, d]``; std, num_std: Python floats ``> 0``.
+
+    Returns:
+      ``(nearest [n] int, inside [n] bool)``.
+    """
+    std = _number("std", std)
+    num_std = _number("num_std", num_std)
+    samples, means = _point_pair(samples, means, ("samples", "means"))
+    return _assign(samples, means, std, num_std)
+
+
 def mode_statistics(
     samples: ArrayLike,
     means: ArrayLike,
@@ -393,9 +418,7 @@ def mode_statistics(
     weights = weights / jnp.sum(weights)
     n = samples.shape[0]
 
-    d2 = _row_map(lambda d2, _: d2, samples, means)  # [n, K]
-    nearest = jnp.argmin(d2, axis=-1)
-    inside = jnp.min(d2, axis=-1) <= (num_std * std) ** 2
+    nearest, inside = _assign(samples, means, std, num_std)
     counts = jax.ops.segment_sum(inside.astype(jnp.int32), nearest, num_segments=num_modes)
 
     counts_f = counts.astype(dtype)

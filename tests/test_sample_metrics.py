@@ -81,6 +81,11 @@ def test_mode_statistics_hand_example(block):
     for got, want in zip(jitted, stats, strict=True):
         np.testing.assert_allclose(got, want)
 
+    # The per-sample assignment behind those counts (the comments above).
+    nearest, inside = metrics.mode_assignment(samples, means, std=1.0, num_std=2.0)
+    np.testing.assert_array_equal(nearest, [0, 0, 0, 0, 1, 0, 1, 1])
+    np.testing.assert_array_equal(inside, [True, True, True, False, True, False, True, True])
+
 
 def test_mode_statistics_none_assigned_and_perfect():
     means = np.array([[0.0, 0.0], [4.0, 0.0]], np.float32)
