@@ -9,8 +9,9 @@ machine; seed 0's samples for the figure), so the table, hours of CPU, can be ru
 (``--only=seed1`` runs just those records' runs, ``--workers=2`` two at a time) and re-assembled
 from a clean clone without training. The runs of one seed share that seed's teacher (``<workdir>/seed<s>/stages``). The
 ablation table switches off one piece of the official update at a time for ``ABLATION_F``; the
-``cosine`` part repeats every method and seed with the generator's learning rate decayed (a named
-deviation, :data:`COSINE`); the figure shows seed 0's 5,000 evaluation samples of every method
+``cosine`` and ``gan`` parts repeat every method and seed with a named deviation
+(:data:`VARIANTS`: the generator's learning rate decayed; also the GAN weight at the mixture's
+scale); the figure shows seed 0's 5,000 evaluation samples of every method
 over the true density's contours.
 """
 
@@ -21,6 +22,7 @@ import importlib
 import io
 import os
 import time
+from typing import NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
@@ -58,9 +60,46 @@ ABLATIONS = [
     ("ratio EMA momentum 0.99", {"stabilizers": {"ratio_momentum": 0.99}}),
     ("FastGen's unweighted fake-score loss", {"fake_score_weighting": "none"}),
 ]
-# The one deviation measured beside the official update, every method and seed (part "cosine"):
-# the generator's learning rate decayed to 0 by a cosine over the run (FastGen: constant).
+
+
+# The deviations measured beside the official update, every method and seed, one table part each
+# (label suffix, record-name prefix, overrides, heading, what it changes).
+class Variant(NamedTuple):
+    suffix: str
+    prefix: str
+    overrides: dict
+    heading: str
+    text: str
+
+
+# The generator's learning rate decayed to 0 by a cosine over the run (FastGen: constant).
 COSINE = {"generator_optimizer": {"schedule": "cosine"}}
+# The GAN weight at the mixture's scale. FastGen's 1e-3 weighs the GAN loss (a per-sample mean)
+# against the distribution-matching surrogate averaged over every element of 3,072-dimensional
+# images at sigma_data 0.5; on the 2-D mixture at sigma_data 3 the same weight leaves the GAN term
+# 0.2% of the generator update's norm at the end of training (measured), so it does not transfer.
+GAN_WEIGHT = 0.1
+VARIANTS = {
+    "cosine": Variant(
+        "cosine",
+        "cosine_",
+        COSINE,
+        "Every method, the generator's learning rate decayed by a cosine (a deviation)",
+        "Everything as above but `generator_optimizer.schedule=cosine`: the generator's rate "
+        "falls from 1e-3 to 0 over the run (FastGen keeps it constant and evaluates EMAs of the "
+        "weights; the critic's rate stays constant). The same teachers.",
+    ),
+    "gan": Variant(
+        f"GAN {GAN_WEIGHT:g}",
+        "gan_",
+        {"gan_weight": GAN_WEIGHT},
+        f"Every method, the GAN weight at the mixture's scale ({GAN_WEIGHT:g}; a deviation)",
+        f"The official update with `gan_weight={GAN_WEIGHT:g}` (FastGen's CIFAR-10 1e-3 weighs "
+        "the GAN loss against a surrogate averaged over 3,072 elements per sample; on the 2-D "
+        "mixture it leaves the GAN term 0.2% of the generator update's norm). SIM gets the same "
+        "GAN term and discriminator (SiD has none; SiDA adds one). The same teachers.",
+    ),
+}
 DIGITS = [("JS", {"divergence": "js"}), ("forward KL", {"divergence": "kl"})]
 COLUMNS = [
     ("modes_covered", "modes covered (of 8)"),
@@ -215,19 +254,17 @@ def per_seed_section(results, seeds, labels=None) -> list[str]:
     ]
 
 
-def cosine_label(label: str) -> str:
-    return f"{label}, cosine"
+def variant_label(label: str, part: str) -> str:
+    return f"{label}, {VARIANTS[part].suffix}"
 
 
-def cosine_section(results, seeds) -> list[str]:
-    """The main table again with :data:`COSINE`, the per-seed bar beside it."""
-    labels = [cosine_label(m[0]) for m in METHODS]
+def variant_section(results, seeds, part) -> list[str]:
+    """The main table again with the :data:`VARIANTS` ``part``, the per-seed bar beside it."""
+    labels = [variant_label(m[0], part) for m in METHODS]
     return [
-        "## Every method, the generator's learning rate decayed by a cosine (a deviation)",
+        f"## {VARIANTS[part].heading}",
         "",
-        "Everything as above but `generator_optimizer.schedule=cosine`: the generator's rate "
-        "falls from 1e-3 to 0 over the run (FastGen keeps it constant and evaluates EMAs of the "
-        "weights; the critic's rate stays constant). The same teachers.",
+        VARIANTS[part].text,
         "",
         *table(labels, seeds, results),
         "",
@@ -287,10 +324,11 @@ def jobs_of(args, seeds, ablation_seeds, parts) -> list[tuple]:
         for label, module, overrides in METHODS:
             for seed in seeds:
                 jobs.append(job((label, seed), module, overrides, seed, f"seed{seed}", slug(label), seed == seeds[0]))  # fmt: skip
-    if "cosine" in parts:
+    for part in (p for p in parts if p in VARIANTS):
+        variant = VARIANTS[part]
         for label, module, overrides in METHODS:
             for seed in seeds:
-                jobs.append(job((cosine_label(label), seed), module, {**overrides, **COSINE}, seed, f"seed{seed}", "cosine_" + slug(label)))  # fmt: skip
+                jobs.append(job((variant_label(label, part), seed), module, {**overrides, **variant.overrides}, seed, f"seed{seed}", variant.prefix + slug(label)))  # fmt: skip
     if "ablations" in parts:
         official = next(label for label, _, o in METHODS if o.get("divergence") == ABLATION_F)
         for label, overrides in ABLATIONS:
@@ -351,6 +389,9 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     ablation_seeds = [int(s) for s in args.ablation_seeds.split(",")]
     parts = args.parts.split(",")
+    known = ["methods", *VARIANTS, "ablations", "digits"]
+    if unknown := [p for p in parts if p not in known]:
+        parser.error(f"unknown --parts {unknown}; known: {', '.join(known)}")
     jobs, unique = jobs_of(args, seeds, ablation_seeds, parts)
     if args.only:
         unique = [(k, a) for k, a in unique if args.only in a[7]]
@@ -370,8 +411,8 @@ def main() -> None:
     sections = []
     if "methods" in parts:
         sections += methods_section(results, panels, seeds, args.out)
-    if "cosine" in parts:
-        sections += cosine_section(results, seeds)
+    for part in (p for p in parts if p in VARIANTS):
+        sections += variant_section(results, seeds, part)
     if "ablations" in parts:
         sections += ablations_section(results, ablation_seeds)
     if "digits" in parts:

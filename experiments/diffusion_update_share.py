@@ -14,6 +14,13 @@ normalised; SIM: ``h ≡ 1``). A sample is *off* when it lies more than 3 std fr
 - ``push ratio``: the off samples' share of ``Σ_i ||g_i||`` / their share of samples, i.e. the mean
   update size of an off sample relative to the average sample (1: no preference; < 1: samples
   between modes are pulled less than the rest).
+
+Where the run has a GAN term (``gan_weight > 0``), also the GAN loss's own per-sample gradient
+``a_i = gan_weight · d mean_j softplus(-D(x_t,j)) / d x_i`` beside the distribution-matching one as
+the loss reduces it, ``g_i / (n · numel)`` (:func:`gan_to_dm`):
+
+- ``GAN/DM``: ``||a||_F / ||g / (n · numel)||_F`` over the batch;
+- ``GAN push ratio``: the push ratio of ``a``.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -44,6 +52,17 @@ def update_by_region(g: np.ndarray, h: np.ndarray, off: np.ndarray) -> dict[str,
         "off": fraction,
         "h_ratio": float(np.mean(h[off]) / np.mean(h)),
         "push_ratio": float(np.sum(norms[off]) / np.sum(norms) / fraction),
+    }
+
+
+def gan_to_dm(g: np.ndarray, a: np.ndarray, off: np.ndarray, numel: int) -> dict[str, float]:
+    """``gan_dm`` and ``gan_push_ratio`` (module docstring) of the distribution-matching updates
+    ``g [n, d]`` (``d loss_i / d x_i``, before the loss's mean) and the GAN term's ``a [n, d]``."""
+    g, a = np.asarray(g, np.float64), np.asarray(a, np.float64)
+    dm = g / (len(g) * numel)
+    return {
+        "gan_dm": float(np.linalg.norm(a) / np.linalg.norm(dm)),
+        "gan_push_ratio": update_by_region(a, np.ones(len(a)), off)["push_ratio"],
     }
 
 
@@ -72,7 +91,16 @@ def measure(workdir: str, n: int = 5000, seed: int = 0) -> dict[str, float]:
             h = np.asarray(run.ratio_weight(logit, sigma, model_state)[0])
     mix = fdistill._mixture(config)
     _, inside = metrics.mode_assignment(x, mix.means, std=float(np.max(mix.std)))
-    return update_by_region(np.asarray(g), h, ~np.asarray(inside))
+    off = ~np.asarray(inside)
+    result = update_by_region(np.asarray(g), h, off)
+    if run.use_discriminator and config.gan_weight > 0:
+
+        def gan(xx):
+            logit = run.logits(params, diffusion.add_noise(xx, sigma, eps), sigma)
+            return config.gan_weight * jnp.mean(dl.gan_generator_loss(logit))
+
+        result.update(gan_to_dm(np.asarray(g), np.asarray(jax.grad(gan)(x)), off, run.numel))
+    return result
 
 
 def main() -> None:
@@ -81,10 +109,13 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=5000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    print("| run | off | h ratio | push ratio |\n|---|---|---|---|")
+    print(
+        "| run | off | h ratio | push ratio | GAN/DM | GAN push ratio |\n|---|---|---|---|---|---|"
+    )
     for workdir in args.workdirs:
         r = measure(workdir, args.n, args.seed)
-        print(f"| {workdir} | {r['off']:.3f} | {r['h_ratio']:.3f} | {r['push_ratio']:.3f} |", flush=True)  # fmt: skip
+        gan = " | ".join(f"{r[k]:.3f}" if k in r else "—" for k in ("gan_dm", "gan_push_ratio"))
+        print(f"| {workdir} | {r['off']:.3f} | {r['h_ratio']:.3f} | {r['push_ratio']:.3f} | {gan} |", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ teacher's features), then one generator update:
   r)`` for ``config.divergence`` (reverse KL: ``h = 1``, DMD2), plus ``gan_weight`` times the
   non-saturating GAN loss;
 - ``method="sim"``: score implicit matching with the L2 or pseudo-Huber distance on
-  x0-predictions, SiD's weighting (``sid_loss.py``), data-free.
+  x0-predictions, SiD's weighting (``sid_loss.py``), data-free; ``gan_weight > 0`` adds the same
+  GAN term (a deviation: SiD has none; its adversarial extension SiDA adds one).
 
 Every deviation from the official update is a named config switch (``generator_update.space``,
 ``generator_update.normalize``, ``gan_weight``, ``generator.init_from_teacher``,
@@ -459,9 +460,8 @@ class Distillation:
         self.shape, self.denoiser = setting.shape, setting.denoiser
         self.numel = int(np.prod(setting.shape))
         self.uses_ratio = config.method == "fdistill" and _generator(config).name != "reverse_kl"
-        self.use_discriminator = self.uses_ratio or (
-            config.method == "fdistill" and config.gan_weight > 0
-        )
+        # SIM with gan_weight > 0 adds the same GAN term (a deviation: SiD has none; SiDA adds one).
+        self.use_discriminator = self.uses_ratio or config.gan_weight > 0
         self.on_features = config.discriminator.features == "teacher"
         hidden = tuple(config.discriminator.hidden)
         self.discriminator = (
@@ -576,6 +576,15 @@ class Distillation:
             normalize_batch=s.normalize_batch,
         )  # fmt: skip
 
+    def gan_term(self, fixed, x_t, sigma, extra):
+        """The discriminator's logits on ``x_t`` (differentiated through ``x_t`` into the generator)
+        and the mean non-saturating GAN loss (logged as ``gan``); ``(None, 0)`` without one."""
+        if not self.use_discriminator:
+            return None, jnp.zeros(())
+        logit = self.logits(fixed, x_t, sigma)
+        extra["gan"] = gan = jnp.mean(dl.gan_generator_loss(logit))
+        return logit, gan
+
     def fdistill_generator(self, params, model_state, x, sigma, eps):
         config = self.config
         fixed = jax.lax.stop_gradient(params)  # every network but the generator, held
@@ -584,11 +593,7 @@ class Distillation:
         x_hat_p = self.teacher(fixed, x_t_held, sigma)
         x_hat_q = self.fake(fixed, x_t_held, sigma)
         updates, extra, weight = {}, {}, None
-        gan = jnp.zeros(())
-        if self.use_discriminator:
-            logit = self.logits(fixed, x_t, sigma)
-            gan = jnp.mean(dl.gan_generator_loss(logit))
-            extra["gan"] = gan
+        logit, gan = self.gan_term(fixed, x_t, sigma, extra)
         if self.uses_ratio:
             weight, new_stats = self.ratio_weight(logit, sigma, model_state)
             if new_stats is not None:
@@ -622,8 +627,9 @@ class Distillation:
 
         value, pullback = jax.vjp(per_example, x)  # the networks run once for loss and update
         (g,) = pullback(jnp.ones_like(value))
-        loss = jnp.mean(value) / self.numel
-        return loss, g, {}, {"sim": loss}
+        extra = {"sim": jnp.mean(value) / self.numel}
+        _, gan = self.gan_term(fixed, diffusion.add_noise(x, sigma, eps), sigma, extra)
+        return extra["sim"] + config.gan_weight * gan, g, {}, extra
 
     def generator_loss(self, params, model_state, batch, key):
         kz, ks, ke = jax.random.split(key, 3)

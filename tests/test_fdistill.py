@@ -84,6 +84,32 @@ def test_sim_is_finite_for_its_first_100_steps(distance, tmp_path, stages):
     assert np.isfinite(summary["eval/mmd"])
 
 
+def test_sim_with_a_gan_weight_adds_fdistills_gan_term(tmp_path, stages):
+    """gan_weight > 0 on SIM (a deviation; SiD has none): a discriminator is built and trained with
+    the fake score, and the generator's loss is the SIM loss plus gan_weight * mean softplus(-D)."""
+    weight = 0.5
+    config = small("sim_mog", stages, gan_weight=weight)
+    task, setting = fdistill.build_task(config, str(tmp_path))
+    params, model_state = task.init(jax.random.key(0))
+    assert "discriminator" in params and "discriminator" in task.optimizers
+    batch = {"inputs": jax.random.normal(jax.random.key(2), (8, 2)), "labels": jnp.zeros((8,), jnp.int32)}  # fmt: skip
+    critic = next(u for u in task.updates if u.name == "critic")
+    _, (_, critic_metrics) = critic.loss(params, model_state, batch, jax.random.key(1))
+    assert "discriminator" in critic_metrics
+    generator_update = next(u for u in task.updates if u.name == "generator")
+    key = jax.random.key(3)
+    loss, (_, extra) = generator_update.loss(params, model_state, batch, key)
+    # The GAN loss by hand from the discriminator's logits on the same noisy samples.
+    run = fdistill.Distillation(config, setting)
+    kz, ks, ke = jax.random.split(key, 3)
+    x = run.generate(params, jax.random.normal(kz, (8, 2)))
+    sigma = fdistill.sample_sigma(ks, 8, config)
+    x_t = x + sigma[:, None] * jax.random.normal(ke, x.shape)
+    logit = np.asarray(run.logits(params, x_t, sigma), np.float64)
+    np.testing.assert_allclose(extra["gan"], np.mean(np.logaddexp(0.0, -logit)), rtol=1e-5)
+    np.testing.assert_allclose(loss, extra["sim"] + weight * extra["gan"], rtol=1e-6)
+
+
 def test_generator_and_fake_score_start_as_the_teacher(tmp_path, stages):
     c = small(stages_dir=stages)
     task, setting = fdistill.build_task(c, str(tmp_path))
@@ -310,6 +336,15 @@ def test_update_by_region_by_hand():
     assert none_off["off"] == 0.0 and np.isnan(none_off["push_ratio"])
 
 
+def test_gan_to_dm_by_hand():
+    g = np.asarray([[3.0, 4.0], [0.0, 1.0]])  # per-sample d loss_i / d x_i
+    a = np.asarray([[0.3, 0.4], [0.0, 0.0]])  # the GAN term's, already weighted and reduced
+    r = diffusion_update_share.gan_to_dm(g, a, np.asarray([True, False]), numel=2)
+    # the loss's mean over 2 samples x 2 elements: g / 4, Frobenius norm sqrt(26) / 4
+    np.testing.assert_allclose(r["gan_dm"], 0.5 / (np.sqrt(26.0) / 4.0))
+    assert r["gan_push_ratio"] == 2.0  # all of a on the one off sample, half the samples
+
+
 @pytest.mark.parametrize("divergence", ["reverse_kl", "js"])
 def test_update_share_of_a_finished_mixture_run(divergence, tmp_path, stages):
     c = small(stages_dir=stages, divergence=divergence)
@@ -334,3 +369,4 @@ def test_update_share_of_a_finished_mixture_run(divergence, tmp_path, stages):
         assert r["h_ratio"] == 1.0
     else:
         assert np.isfinite(r["h_ratio"]) and r["h_ratio"] > 0
+    assert r["gan_dm"] > 0 and np.isfinite(r["gan_push_ratio"])  # the default GAN term, 1e-3

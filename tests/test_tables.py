@@ -5,6 +5,7 @@ import argparse
 import sys
 
 import numpy as np
+import pytest
 
 from experiments import _tables, diffusion_table, fdistill, sweep
 
@@ -59,7 +60,7 @@ def _fake_summary(i: int, digits: bool) -> dict:
 def test_diffusion_table_assembles_from_records_without_training(tmp_path, monkeypatch):
     records, out = str(tmp_path / "records"), str(tmp_path / "diffusion.md")
     args = argparse.Namespace(workdir=str(tmp_path / "runs"), records=records, steps=0)
-    parts = ["methods", "cosine", "ablations", "digits"]
+    parts = ["methods", "cosine", "gan", "ablations", "digits"]
     jobs, unique = diffusion_table.jobs_of(args, [0, 1], [0], parts)
     # the official ablation row is the JS run of the main table, not a second run
     assert len(unique) == len(jobs) - 1
@@ -97,12 +98,28 @@ def test_diffusion_table_assembles_from_records_without_training(tmp_path, monke
     cosine_energy = np.mean([0.01 * names.index("seed0/cosine_js"), 0.01 * names.index("seed1/cosine_js")])  # fmt: skip
     cosine_row = next(line for line in text.splitlines() if line.startswith("| JS, cosine |"))
     assert f"{cosine_energy:.4f} ±" in cosine_row
+    # the gan part: the official update with the GAN weight at the mixture's scale, SIM's too
+    for name in ("seed1/gan_js", "seed1/gan_sim_l2"):
+        gan_config = diffusion_table.make_config(*by_name[name][:3], "", 0)
+        assert gan_config.gan_weight == diffusion_table.GAN_WEIGHT > 1e-3
+        assert gan_config.generator_optimizer.schedule == "constant"
+    assert diffusion_table.make_config(*by_name["seed1/sim_l2"][:3], "", 0).gan_weight == 0.0
+    gan_energy = np.mean([0.01 * names.index("seed0/gan_js"), 0.01 * names.index("seed1/gan_js")])
+    gan_row = next(line for line in text.splitlines() if line.startswith("| JS, GAN 0.1 |"))
+    assert f"{gan_energy:.4f} ±" in gan_row
     official = next(line for line in text.splitlines() if line.startswith("| official"))
     assert f"| {0.01 * js_seed0:.4f} ± 0.0000 |" in official
     assert f"took {len(unique)} min of training" in text  # 60 s per recorded run
     assert "3,000 generator updates" in text
     digits = [line for line in text.splitlines() if line.startswith("| forward KL | ")][-1]
     assert f"{2.0 + names.index('digits/forward_kl'):.2f}" in digits
+
+
+def test_diffusion_table_refuses_an_unknown_part(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["diffusion_table", "--parts=methods,cosin"])
+    with pytest.raises(SystemExit):
+        diffusion_table.main()
+    assert "unknown --parts ['cosin']; known: methods, cosine, gan" in capsys.readouterr().err
 
 
 def test_run_records_refuse_nothing_silently(tmp_path):
