@@ -103,12 +103,32 @@ def measure(workdir: str, n: int = 5000, seed: int = 0) -> dict[str, float]:
     return result
 
 
+def summary_at(workdir: str, step: int) -> dict[str, float]:
+    """The run's evaluation summary (``eval/*`` without the prefix) recomputed from its checkpoint at
+    ``step`` with the run's own evaluation noise: how much the final figures move between two
+    checkpoints of one run (the trainer keeps the last two)."""
+    config = ml_collections.ConfigDict(json.loads(paths.read_text(os.path.join(workdir, "config.json"))))  # fmt: skip
+    task, setting = fdistill.build_task(config, workdir)
+    state = checkpoint.load_arrays(os.path.join(workdir, "checkpoints"), step)
+    z, _ = task.eval_data.get(np.arange(len(task.eval_data)))
+    samples = task.predict(state["params"], dict(state.get("model_state", {})), {"inputs": z})
+    return setting.summarize(np.asarray(samples["samples"]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("workdirs", nargs="+")
     parser.add_argument("--n", type=int, default=5000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quality_at", type=int, default=0, help="also each run's high quality at this checkpoint step (summary_at), beside its final one")  # fmt: skip
     args = parser.parse_args()
+    if args.quality_at:
+        print("| run | high quality at", args.quality_at, "| final |\n|---|---|---|")
+        for workdir in args.workdirs:
+            at = summary_at(workdir, args.quality_at)["high_quality"]
+            final = json.loads(paths.read_text(os.path.join(workdir, "summary.json")))["eval/high_quality"]  # fmt: skip
+            print(f"| {workdir} | {at:.3f} | {final:.3f} |", flush=True)
+        return
     print(
         "| run | off | h ratio | push ratio | GAN/DM | GAN push ratio |\n|---|---|---|---|---|---|"
     )

@@ -336,6 +336,16 @@ def test_update_by_region_by_hand():
     assert none_off["off"] == 0.0 and np.isnan(none_off["push_ratio"])
 
 
+def test_summary_at_the_last_checkpoint_is_the_runs_own(tmp_path, stages):
+    c = small(stages_dir=stages)
+    c.train.total_steps, c.train.checkpoint_every = 4, 2
+    summary = fdistill.run(c, str(tmp_path))
+    again = diffusion_update_share.summary_at(str(tmp_path), 4)
+    for key in ("high_quality", "modes_covered", "energy", "precision"):
+        assert again[key] == pytest.approx(summary[f"eval/{key}"], abs=1e-6)
+    assert diffusion_update_share.summary_at(str(tmp_path), 2)["energy"] != again["energy"]
+
+
 def test_gan_to_dm_by_hand():
     g = np.asarray([[3.0, 4.0], [0.0, 1.0]])  # per-sample d loss_i / d x_i
     a = np.asarray([[0.3, 0.4], [0.0, 0.0]])  # the GAN term's, already weighted and reduced
