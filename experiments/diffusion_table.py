@@ -378,7 +378,7 @@ def main() -> None:
     parser.add_argument("--records", default="results/diffusion_runs", help="committed per-run records (see _tables.RunRecords)")  # fmt: skip
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--ablation_seeds", default="0")
-    parser.add_argument("--parts", default="methods,cosine,ablations,digits")
+    parser.add_argument("--parts", default="methods,cosine,gan,ablations,digits")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--only", default="", help="run (or read back) only the records whose name contains this; write no table")  # fmt: skip
     parser.add_argument(
