@@ -120,7 +120,7 @@ def main() -> None:
     parser.add_argument("workdirs", nargs="+")
     parser.add_argument("--n", type=int, default=5000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quality_at", type=int, default=0, help="also each run's high quality at this checkpoint step (summary_at), beside its final one")  # fmt: skip
+    parser.add_argument("--quality_at", type=int, default=0, help="print instead each run's high quality at this checkpoint step (summary_at) beside its final one")  # fmt: skip
     args = parser.parse_args()
     if args.quality_at:
         print("| run | high quality at", args.quality_at, "| final |\n|---|---|---|")
