@@ -30,7 +30,6 @@ import json
 import os
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -81,25 +80,25 @@ def measure(workdir: str, n: int = 5000, seed: int = 0) -> dict[str, float]:
     x = run.generate(params, jax.random.normal(kz, (n, *setting.shape)))
     sigma = fdistill.sample_sigma(ks, n, config)
     eps = jax.random.normal(ke, x.shape)
-    h = np.ones(n)
     if config.method == "sim":
         _, g, _, _ = run.sim_generator(params, x, sigma, eps)
     else:
         _, g, _, _ = run.fdistill_generator(params, model_state, x, sigma, eps)
-        if run.uses_ratio:
-            logit = run.logits(params, diffusion.add_noise(x, sigma, eps), sigma)
-            h = np.asarray(run.ratio_weight(logit, sigma, model_state)[0])
+    logit = a = None
+    if run.use_discriminator:
+        # One discriminator pass gives the logits (for h) and the GAN term's gradient on x.
+        def gan(xx):
+            logit, loss = run.gan_term(params, diffusion.add_noise(xx, sigma, eps), sigma, {})
+            return config.gan_weight * loss, logit
+
+        a, logit = jax.grad(gan, has_aux=True)(x)
+    h = np.asarray(run.ratio_weight(logit, sigma, model_state)[0]) if run.uses_ratio else np.ones(n)
     mix = fdistill._mixture(config)
     _, inside = metrics.mode_assignment(x, mix.means, std=float(np.max(mix.std)))
     off = ~np.asarray(inside)
     result = update_by_region(np.asarray(g), h, off)
-    if run.use_discriminator and config.gan_weight > 0:
-
-        def gan(xx):
-            logit = run.logits(params, diffusion.add_noise(xx, sigma, eps), sigma)
-            return config.gan_weight * jnp.mean(dl.gan_generator_loss(logit))
-
-        result.update(gan_to_dm(np.asarray(g), np.asarray(jax.grad(gan)(x)), off, run.numel))
+    if a is not None and config.gan_weight > 0:
+        result.update(gan_to_dm(np.asarray(g), np.asarray(a), off, run.numel))
     return result
 
 
