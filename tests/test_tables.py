@@ -60,7 +60,7 @@ def _fake_summary(i: int, digits: bool) -> dict:
 def test_diffusion_table_assembles_from_records_without_training(tmp_path, monkeypatch):
     records, out = str(tmp_path / "records"), str(tmp_path / "diffusion.md")
     args = argparse.Namespace(workdir=str(tmp_path / "runs"), records=records, steps=0)
-    parts = ["methods", "cosine", "gan", "ablations", "digits"]
+    parts = ["methods", "cosine", "gan", "gan_ema", "ablations", "digits"]
     jobs, unique = diffusion_table.jobs_of(args, [0, 1], [0], parts)
     # the official ablation row is the JS run of the main table, not a second run
     assert len(unique) == len(jobs) - 1
@@ -107,6 +107,16 @@ def test_diffusion_table_assembles_from_records_without_training(tmp_path, monke
     gan_energy = np.mean([0.01 * names.index("seed0/gan_js"), 0.01 * names.index("seed1/gan_js")])
     gan_row = next(line for line in text.splitlines() if line.startswith("| JS, GAN 0.1 |"))
     assert f"{gan_energy:.4f} ±" in gan_row
+    # the gan_ema part: the gan part's training, the generator's EMA evaluated
+    ema_config = diffusion_table.make_config(*by_name["seed1/gan_ema_js"][:3], "", 0)
+    gan_config = diffusion_table.make_config(*by_name["seed1/gan_js"][:3], "", 0)
+    assert ema_config.generator.ema_decay == diffusion_table.EMA_DECAY > 0
+    assert gan_config.generator.ema_decay == 0.0
+    ema_config.generator.ema_decay = 0.0
+    assert ema_config.to_json(sort_keys=True) == gan_config.to_json(sort_keys=True)
+    ema_energy = np.mean([0.01 * names.index("seed0/gan_ema_js"), 0.01 * names.index("seed1/gan_ema_js")])  # fmt: skip
+    ema_row = next(line for line in text.splitlines() if line.startswith("| JS, GAN 0.1, EMA 0.999 |"))  # fmt: skip
+    assert f"{ema_energy:.4f} ±" in ema_row
     official = next(line for line in text.splitlines() if line.startswith("| official"))
     assert f"| {0.01 * js_seed0:.4f} ± 0.0000 |" in official
     assert f"took {len(unique)} min of training" in text  # 60 s per recorded run
@@ -119,7 +129,10 @@ def test_diffusion_table_refuses_an_unknown_part(monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["diffusion_table", "--parts=methods,cosin"])
     with pytest.raises(SystemExit):
         diffusion_table.main()
-    assert "unknown --parts ['cosin']; known: methods, cosine, gan" in capsys.readouterr().err
+    assert (
+        "unknown --parts ['cosin']; known: methods, cosine, gan, gan_ema, ablations, digits"
+        in capsys.readouterr().err
+    )
 
 
 def test_run_records_refuse_nothing_silently(tmp_path):
