@@ -192,21 +192,26 @@ def run_one(base_path: str, fixed, setting, seed: int, workdir: str, run_dir: st
     return numbers(wait_for_workdir(lambda: experiment.run(config, run_dir), run_dir))
 
 
+def _timed(fn, *job) -> tuple[Any, float]:
+    """``fn(*job)`` and the seconds it took (timed where it runs, not from the pool's start)."""
+    t0 = time.perf_counter()
+    return fn(*job), time.perf_counter() - t0
+
+
 def run_jobs(fn, jobs: Sequence[tuple], workers: int, on_done) -> None:
     """``fn(*job)`` for every job, here (``workers <= 1``) or in ``workers`` spawned processes
     (a fresh JAX each, never forked; ``fn`` must be a module-level function);
-    ``on_done(i, job, result, seconds)`` as each finishes (``i`` counts from 1)."""
+    ``on_done(i, job, result, seconds)`` as each finishes (``i`` counts from 1; ``seconds``: that
+    job's own time, not counting its wait for a worker)."""
     if workers <= 1:
         for i, job in enumerate(jobs, 1):
-            t0 = time.perf_counter()
-            on_done(i, job, fn(*job), time.perf_counter() - t0)
+            on_done(i, job, *_timed(fn, *job))
         return
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-        futures = {pool.submit(fn, *job): (job, time.perf_counter()) for job in jobs}
+        futures = {pool.submit(_timed, fn, *job): job for job in jobs}
         for i, future in enumerate(concurrent.futures.as_completed(futures), 1):
-            job, t0 = futures[future]
-            on_done(i, job, future.result(), time.perf_counter() - t0)
+            on_done(i, futures[future], *future.result())
 
 
 def check_workdir(workdir: str, record: Mapping[str, Any]) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -167,3 +168,14 @@ def test_an_experiment_is_found_by_its_module_alone(toy):
         experiments_main.experiment_module("fdpo")
     with pytest.raises(ValueError, match="does not define validate, run, format_summary"):
         experiments_main.experiment_module("experiments._tables")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_run_jobs_reports_each_jobs_own_time(workers):
+    # Three 0.3 s jobs on two workers: the third waits 0.3 s for a worker (and every job for the
+    # workers to spawn); the reported seconds are the job's own, not counted from the pool's start.
+    done = []
+    sweep.run_jobs(time.sleep, [(0.3,)] * 3, workers, lambda i, job, result, s: done.append((i, s)))
+    assert [i for i, _ in done] == [1, 2, 3]
+    for _, seconds in done:
+        assert 0.3 <= seconds < 0.55
