@@ -9,9 +9,9 @@ machine; seed 0's samples for the figure), so the table, hours of CPU, can be ru
 (``--only=seed1`` runs just those records' runs, ``--workers=2`` two at a time) and re-assembled
 from a clean clone without training. The runs of one seed share that seed's teacher (``<workdir>/seed<s>/stages``). The
 ablation table switches off one piece of the official update at a time for ``ABLATION_F``; the
-``cosine`` and ``gan`` parts repeat every method and seed with a named deviation
-(:data:`VARIANTS`: the generator's learning rate decayed; also the GAN weight at the mixture's
-scale); the figure shows seed 0's 5,000 evaluation samples of every method
+``cosine``, ``gan`` and ``gan_ema`` parts repeat every method and seed with a named deviation
+(:data:`VARIANTS`: the generator's learning rate decayed; the GAN weight at the mixture's scale;
+that again, evaluated on an EMA of the generator's weights); the figure shows seed 0's 5,000 evaluation samples of every method
 over the true density's contours.
 """
 
