@@ -11,8 +11,8 @@ from a clean clone without training. The runs of one seed share that seed's teac
 ablation table switches off one piece of the official update at a time for ``ABLATION_F``; the
 ``cosine``, ``gan`` and ``gan_ema`` parts repeat every method and seed with a named deviation
 (:data:`VARIANTS`: the generator's learning rate decayed; the GAN weight at the mixture's scale;
-that again, evaluated on an EMA of the generator's weights); the figure shows seed 0's 5,000 evaluation samples of every method
-over the true density's contours.
+that again, evaluated on an EMA of the generator's weights); the figure shows seed 0's 5,000
+evaluation samples of every method over the true density's contours.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import io
+import math
 import os
 import time
 from typing import NamedTuple
@@ -79,10 +80,12 @@ COSINE = {"generator_optimizer": {"schedule": "cosine"}}
 # images at sigma_data 0.5; on the 2-D mixture at sigma_data 3 the same weight leaves the GAN term
 # 0.2% of the generator update's norm at the end of training (measured), so it does not transfer.
 GAN_WEIGHT = 0.1
+GAN = {"gan_weight": GAN_WEIGHT}
 # An EMA of the generator's weights evaluated instead of the raw ones, as FastGen evaluates its
 # EMAs (0.9999 and up for runs of 10^5 updates); 0.999 (half-life ~690 updates) for the mixture's
 # 9k. Training is unchanged (deterministic: the raw trajectory is the gan part's, loss for loss).
 EMA_DECAY = 0.999
+EMA_HALF_LIFE = round(math.log(0.5) / math.log(EMA_DECAY), -1)  # updates
 VARIANTS = {
     "cosine": Variant(
         "cosine",
@@ -96,7 +99,7 @@ VARIANTS = {
     "gan": Variant(
         f"GAN {GAN_WEIGHT:g}",
         "gan_",
-        {"gan_weight": GAN_WEIGHT},
+        GAN,
         f"Every method, the GAN weight at the mixture's scale ({GAN_WEIGHT:g}; a deviation)",
         f"The official update with `gan_weight={GAN_WEIGHT:g}` (FastGen's CIFAR-10 1e-3 weighs "
         "the GAN loss against a surrogate averaged over 3,072 elements per sample; on the 2-D "
@@ -106,13 +109,13 @@ VARIANTS = {
     "gan_ema": Variant(
         f"GAN {GAN_WEIGHT:g}, EMA {EMA_DECAY:g}",
         "gan_ema_",
-        {"gan_weight": GAN_WEIGHT, "generator": {"ema_decay": EMA_DECAY}},
+        {**GAN, "generator": {"ema_decay": EMA_DECAY}},
         f"Every method, GAN weight {GAN_WEIGHT:g} and the generator's weights evaluated as an "
         f"EMA ({EMA_DECAY:g})",
-        f"The runs of the previous part, evaluated on an exponential moving average of the "
-        f"generator's weights (decay {EMA_DECAY:g}, half-life ~690 of the 9,000 updates) instead "
-        "of the last update's: FastGen evaluates EMAs of the generator (0.9999 and up, for runs "
-        "of 10⁵ updates). Training is unchanged: the runs repeat the previous part's loss for "
+        "The runs of the previous part, evaluated on an exponential moving average of the "
+        f"generator's weights (decay {EMA_DECAY:g}, half-life ~{EMA_HALF_LIFE:.0f} of the 9,000 "
+        "updates) instead of the last update's: FastGen evaluates EMAs of the generator (0.9999 "
+        "and up, for runs of 10⁵ updates). Training is unchanged: the runs repeat the previous part's loss for "
         "loss (deterministic on CPU), so the two tables differ only in the weights evaluated.",
     ),
 }
