@@ -60,7 +60,7 @@ def _fake_summary(i: int, digits: bool) -> dict:
 def test_diffusion_table_assembles_from_records_without_training(tmp_path, monkeypatch):
     records, out = str(tmp_path / "records"), str(tmp_path / "diffusion.md")
     args = argparse.Namespace(workdir=str(tmp_path / "runs"), records=records, steps=0)
-    parts = ["methods", "cosine", "gan", "gan_ema", "ablations", "digits"]
+    parts = ["methods", "cosine", "gan", "gan_ema", "gan_ema_long", "ablations", "digits"]
     jobs, unique = diffusion_table.jobs_of(args, [0, 1], [0], parts)
     # the official ablation row is the JS run of the main table, not a second run
     assert len(unique) == len(jobs) - 1
@@ -117,6 +117,17 @@ def test_diffusion_table_assembles_from_records_without_training(tmp_path, monke
     ema_energy = np.mean([0.01 * names.index("seed0/gan_ema_js"), 0.01 * names.index("seed1/gan_ema_js")])  # fmt: skip
     ema_row = next(line for line in text.splitlines() if line.startswith("| JS, GAN 0.1, EMA 0.999 |"))  # fmt: skip
     assert f"{ema_energy:.4f} ±" in ema_row
+    # the gan_ema_long part: the gan_ema part's runs, only longer
+    long_config = diffusion_table.make_config(*by_name["seed1/gan_ema_27k_js"][:3], "", 0)
+    assert (
+        long_config.train.total_steps == diffusion_table.LONG_STEPS > ema_config.train.total_steps
+    )
+    long_config.train.total_steps = ema_config.train.total_steps
+    long_config.generator.ema_decay = 0.0
+    assert long_config.to_json(sort_keys=True) == gan_config.to_json(sort_keys=True)
+    long_energy = np.mean([0.01 * names.index("seed0/gan_ema_27k_js"), 0.01 * names.index("seed1/gan_ema_27k_js")])  # fmt: skip
+    long_row = next(line for line in text.splitlines() if line.startswith("| JS, GAN 0.1, EMA 0.999, 27k updates |"))  # fmt: skip
+    assert f"{long_energy:.4f} ±" in long_row
     official = next(line for line in text.splitlines() if line.startswith("| official"))
     assert f"| {0.01 * js_seed0:.4f} ± 0.0000 |" in official
     assert f"took {len(unique)} min of training" in text  # 60 s per recorded run
@@ -130,8 +141,8 @@ def test_diffusion_table_refuses_an_unknown_part(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         diffusion_table.main()
     assert (
-        "unknown --parts ['cosin']; known: methods, cosine, gan, gan_ema, ablations, digits"
-        in capsys.readouterr().err
+        "unknown --parts ['cosin']; known: methods, cosine, gan, gan_ema, gan_ema_long, ablations, "
+        "digits" in capsys.readouterr().err
     )
 
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 from test_train import regression_task, small_config
 
@@ -60,6 +61,24 @@ def test_exempt_fields_may_change_and_total_steps_may_grow(tmp_path):
     assert int(result.state.step) == 12
     (record,) = [json.loads(x) for x in open(tmp_path / "extensions.jsonl")]
     assert (record["total_steps_from"], record["total_steps_to"], record["at_step"]) == (8, 12, 8)
+
+
+def test_an_extended_run_is_the_straight_run_of_its_new_length(tmp_path):
+    """Growing total_steps continues the same trajectory (data order, keys, optimiser state): the
+    extended run's weights and training log equal a straight run's. The diffusion table's long
+    part relies on it to continue shorter runs."""
+    config = dict(checkpoint_every=4, log_every=2)
+    straight = train(regression_task(), small_config(total_steps=12, **config), str(tmp_path / "s"))
+    train(regression_task(), small_config(total_steps=6, **config), str(tmp_path / "e"))
+    extended = train(regression_task(), small_config(total_steps=12, **config), str(tmp_path / "e"))
+    assert extended.summary["resumed_from"] == 6
+    np.testing.assert_array_equal(extended.state.params["w"], straight.state.params["w"])
+
+    def training(workdir):
+        return without_timing([r for r in lines(workdir) if "loss" in r])
+
+    assert training(tmp_path / "e") == training(tmp_path / "s")
+    assert len(training(tmp_path / "s")) == 6
 
 
 def test_resume_cuts_the_log_back_and_logs_whole_intervals(tmp_path):
