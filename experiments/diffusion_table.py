@@ -12,8 +12,8 @@ ablation table switches off one piece of the official update at a time for ``ABL
 ``cosine``, ``gan``, ``gan_ema`` and ``gan_ema_long`` parts repeat every method and seed with a
 named deviation (:data:`VARIANTS`: the generator's learning rate decayed; the GAN weight at the
 mixture's scale; that again, evaluated on an EMA of the generator's weights; that trained 3x
-longer); the figure shows seed 0's 5,000
-evaluation samples of every method over the true density's contours.
+longer); the figure shows seed 0's 5,000 evaluation samples of every method over the true
+density's contours.
 """
 
 from __future__ import annotations
@@ -87,6 +87,7 @@ GAN = {"gan_weight": GAN_WEIGHT}
 # 9k. Training is unchanged (deterministic: the raw trajectory is the gan part's, loss for loss).
 EMA_DECAY = 0.999
 EMA_HALF_LIFE = round(math.log(0.5) / math.log(EMA_DECAY), -1)  # updates
+GAN_EMA = {**GAN, "generator": {"ema_decay": EMA_DECAY}}
 # The gan_ema part trained 3x longer (FastGen trains 10^5+ updates; the mixture's configs 9k).
 # The generator's rate is constant, so continuing a 9k run's checkpoint (the trainer records the
 # extension in extensions.jsonl) is the same run as a straight one of this length.
@@ -114,7 +115,7 @@ VARIANTS = {
     "gan_ema": Variant(
         f"GAN {GAN_WEIGHT:g}, EMA {EMA_DECAY:g}",
         "gan_ema_",
-        {**GAN, "generator": {"ema_decay": EMA_DECAY}},
+        GAN_EMA,
         f"Every method, GAN weight {GAN_WEIGHT:g} and the generator's weights evaluated as an "
         f"EMA ({EMA_DECAY:g})",
         "The runs of the previous part, evaluated on an exponential moving average of the "
@@ -126,7 +127,7 @@ VARIANTS = {
     "gan_ema_long": Variant(
         f"GAN {GAN_WEIGHT:g}, EMA {EMA_DECAY:g}, {LONG_STEPS // 1000}k updates",
         f"gan_ema_{LONG_STEPS // 1000}k_",
-        {**GAN, "generator": {"ema_decay": EMA_DECAY}, "train": {"total_steps": LONG_STEPS}},
+        {**GAN_EMA, "train": {"total_steps": LONG_STEPS}},
         f"Every method, GAN weight {GAN_WEIGHT:g}, EMA {EMA_DECAY:g}, trained "
         f"{LONG_STEPS:,} updates",
         f"The previous part's runs trained to {LONG_STEPS:,} generator updates instead of 9,000 "
