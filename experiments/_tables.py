@@ -30,8 +30,28 @@ def slug(label: str) -> str:
     return "_".join(keep.split())
 
 
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's model name and its widest x86 vector extension, e.g. ``"AMD EPYC, AVX2"``; ``""``
+    where ``cpuinfo`` cannot be read (not Linux). The vector width is what XLA's CPU code is
+    generated for, so it decides the rounding: a long chaotic run (the diffusion tables) repeated
+    on an AVX2 and an AVX-512 machine, same seed and versions, ends in different samples."""
+    try:
+        with open(cpuinfo, encoding="utf-8") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+    except OSError:
+        return ""
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    flags = set(fields.get("flags", "").split())
+    isa = next((name for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX")) if flag in flags), "")  # fmt: skip
+    return ", ".join(part for part in (fields.get("model name", ""), isa) if part)
+
+
 def machine() -> str:
-    return f"{os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}, jax {jax.__version__}"
+    """Where a run or a table ran: cores, architecture (CPU model and vector extension), jax."""
+    arch = platform.processor() or platform.machine()
+    if model := cpu_model():
+        arch = f"{arch} ({model})"
+    return f"{os.cpu_count()} CPU cores, {arch}, jax {jax.__version__}"
 
 
 def write(path: str, text: str) -> None:

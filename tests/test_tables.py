@@ -21,6 +21,21 @@ def test_slug():
     assert _tables.slug("reverse KL (DMD2)") == "reverse_kl_dmd2"
 
 
+def test_cpu_model_names_the_widest_vector_extension(tmp_path):
+    def cpuinfo(flags, model="model name\t: Some CPU"):
+        path = tmp_path / "cpuinfo"
+        # two processors, as /proc/cpuinfo lists them; a line with an empty value
+        block = f"processor\t: 0\n{model}\nflags\t\t: {flags}\npower management:\n\n"
+        path.write_text(block + block.replace(": 0", ": 1", 1))
+        return _tables.cpu_model(str(path))
+
+    assert cpuinfo("fpu sse2 avx avx2 fma avx512f avx512bw") == "Some CPU, AVX-512"
+    assert cpuinfo("fpu sse2 avx avx2 fma") == "Some CPU, AVX2"
+    assert cpuinfo("fpu sse2 avx") == "Some CPU, AVX"
+    assert cpuinfo("fpu sse2 neon", model="") == ""  # neither a model name nor an x86 extension
+    assert _tables.cpu_model(str(tmp_path / "absent")) == ""
+
+
 def _config(**overrides):
     return diffusion_table.make_config("configs.fdistill_mog", overrides, 0, "/somewhere/stages", 0)
 
