@@ -32,9 +32,9 @@ def slug(label: str) -> str:
 
 def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
     """The CPU's model name and its widest x86 vector extension, e.g. ``"AMD EPYC, AVX2"``; ``""``
-    where ``cpuinfo`` cannot be read (not Linux). The vector width is what XLA's CPU code is
-    generated for, so it decides the rounding: a long chaotic run (the diffusion tables) repeated
-    on an AVX2 and an AVX-512 machine, same seed and versions, ends in different samples."""
+    where ``cpuinfo`` cannot be read (not Linux). XLA generates its CPU code for the vector
+    width it finds, which changes the rounding: a long chaotic run (the diffusion tables) repeated
+    on another machine, same seed, config and jax, ended with different samples."""
     try:
         with open(cpuinfo, encoding="utf-8") as f:
             fields = dict(line.split(":", 1) for line in f if ":" in line)
