@@ -37,10 +37,10 @@ def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
     on another machine, same seed, config and jax, ended with different samples."""
     try:
         with open(cpuinfo, encoding="utf-8") as f:
-            fields = dict(line.split(":", 1) for line in f if ":" in line)
+            pairs = (line.split(":", 1) for line in f if ":" in line)
+            fields = {key.strip(): value.strip() for key, value in pairs}
     except OSError:
         return ""
-    fields = {k.strip(): v.strip() for k, v in fields.items()}
     flags = set(fields.get("flags", "").split())
     isa = next((name for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX")) if flag in flags), "")  # fmt: skip
     return ", ".join(part for part in (fields.get("model name", ""), isa) if part)
