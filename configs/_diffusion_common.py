@@ -49,6 +49,8 @@ def base_config() -> ConfigDict:
     c.divergence_params = ConfigDict()  # the generator's hyperparameters, e.g. {"alpha": 1.5}
     c.distance = "pseudo_huber"  # SIM: l2 | pseudo_huber
     c.huber_c = 1.0  # SIM pseudo-Huber c > 0, in the data's units (x0-space)
+    # SIM: SiD's alpha (sim_generator_loss); 1 = SIM's gradient, SiD's official 1.2 a switch.
+    c.sid_alpha = 1.0
     c.dataset = "mog"
     c.mixture = ConfigDict({"num_modes": 8, "radius": 4.0, "std": 0.25})
     c.mixture_teacher = "trained"  # trained (EDM ScoreMLP fitted first) | exact (analytic)

@@ -68,18 +68,33 @@ class RunRecords:
     that cannot change what it computes, :data:`fdiv.train.workdir.EXEMPT`, nor ``ignore``: paths),
     its numeric summary and the machine it ran on; optionally arrays beside it (``<name>.npz``). A
     record is used only for exactly the same config; anything else is rerun and the record replaced.
+
+    ``added_later`` maps config fields added after records were written to the value that
+    computes what those records computed (a new switch's neutral default): at that value the
+    field is left out of the comparison, so the old records stay valid; at any other it counts.
     """
 
-    def __init__(self, root: str, ignore: tuple[str, ...] = ("stages_dir",)):
-        self.root, self.ignore = root, ignore
+    def __init__(
+        self,
+        root: str,
+        ignore: tuple[str, ...] = ("stages_dir",),
+        added_later: dict | None = None,
+    ):
+        self.root, self.ignore, self.added_later = root, ignore, dict(added_later or {})
 
     def key(self, config) -> dict:
-        """``config`` (a ConfigDict) as the record compares it: flattened, exempt fields dropped."""
+        """``config`` (a ConfigDict) as the record compares it: flattened, exempt fields and
+        ``added_later`` fields at their neutral value dropped."""
         from fdiv.train import workdir as wd
 
         flat = wd.flatten(json.loads(config.to_json_best_effort(sort_keys=True)))
         skip = tuple(wd.EXEMPT) + self.ignore
-        return {k: v for k, v in sorted(flat.items()) if not wd.is_exempt(k, skip)}
+        return {
+            k: v
+            for k, v in sorted(flat.items())
+            if not wd.is_exempt(k, skip)
+            and not (k in self.added_later and v == self.added_later[k])
+        }
 
     def get(self, name: str, config) -> dict | None:
         """The stored record of ``name`` (``summary``, ``machine``; ``arrays`` if stored) for this

@@ -15,7 +15,7 @@ teacher's features), then one generator update:
   GAN term (a deviation: SiD has none; its adversarial extension SiDA adds one).
 
 Every deviation from the official update is a named config switch (``generator_update.space``,
-``generator_update.normalize``, ``gan_weight``, ``generator.init_from_teacher``,
+``generator_update.normalize``, ``gan_weight``, ``generator.init_from_teacher``, ``sid_alpha``,
 ``stabilizers.ratio_momentum``, ``noise.distribution``, ``fake_score_weighting``); the parity
 table in ``experiments/README.md`` lists each with its source. The teacher of ``dataset="mog"``
 is an EDM denoiser trained on the mixture's samples (``mixture_teacher="trained"``), or the
@@ -79,6 +79,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     allowed("dataset", config.dataset, DATASETS)
     _generator(config)  # every method: raises, listing the known names or the bad parameter
     allowed("distance", config.distance, DISTANCES)
+    if config.method != "sim" and config.sid_alpha != 1.0:
+        raise ValueError(
+            f"sid_alpha={config.sid_alpha} applies to method='sim' only (SiD's alpha); "
+            f"method={config.method!r} ignores it, so leave it at 1.0"
+        )
     allowed("mixture_teacher", config.mixture_teacher, ("exact", "trained"))
     allowed("noise.distribution", config.noise.distribution, ("karras", "log_uniform"))
     allowed("generator_update.space", config.generator_update.space, ("x0", "score"))
@@ -623,6 +628,7 @@ class Distillation:
                 x0, eps, sigma, lambda x_t, sig: self.teacher(fixed, x_t, sig),
                 lambda x_t, sig: self.fake(fixed, x_t, sig), distance=config.distance,
                 c=config.huber_c, space=config.generator_update.space, normalize=config.generator_update.normalize,
+                sid_alpha=config.sid_alpha,
             )  # fmt: skip
 
         value, pullback = jax.vjp(per_example, x)  # the networks run once for loss and update

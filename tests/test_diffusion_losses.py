@@ -231,7 +231,7 @@ def as_denoiser(score_fn):
     return lambda x_t, sigma: dif.denoised_from_score(score_fn(x_t, sigma), x_t, sigma)
 
 
-def sim_surrogate_gradient(theta, distance, c, *, sampling_term, detach=False, weight=None):
+def sim_surrogate_gradient(theta, distance, c, *, sid_alpha, detach=False, weight=None):
     a0, b0 = theta
     nodes, weights = gh(48)
     z, eps = (m.ravel() for m in np.meshgrid(nodes, nodes, indexing="ij"))
@@ -265,7 +265,7 @@ def sim_surrogate_gradient(theta, distance, c, *, sampling_term, detach=False, w
                     space="score",
                     normalize=False,
                     weight=weight,
-                    sampling_term=sampling_term,
+                    sid_alpha=sid_alpha,
                 )
             return jnp.sum(jnp.asarray(w) * loss)
 
@@ -276,10 +276,10 @@ SIM_CASES = [("l2", 1.0), ("pseudo_huber", 0.5), ("pseudo_huber", 1.0)]
 
 
 @pytest.mark.parametrize("distance,c", SIM_CASES)
-def test_sim_gradient_with_sampling_term_equals_full_divergence_gradient(distance, c):
+def test_sim_gradient_with_sid_alpha_half_equals_full_divergence_gradient(distance, c):
     theta = np.array([A0, B0])
     true = central_gradient(lambda t: sim_true_divergence(t, distance, c), theta)
-    surrogate = sim_surrogate_gradient(theta, distance, c, sampling_term=True)
+    surrogate = sim_surrogate_gradient(theta, distance, c, sid_alpha=0.5)
     np.testing.assert_allclose(surrogate, true, rtol=1e-6)
 
 
@@ -290,20 +290,20 @@ def test_sim_paper_gradient_equals_divergence_gradient_with_sampling_held(distan
         lambda t: sim_true_divergence(t, distance, c, frozen_at=(A0, B0)), theta
     )
     full = central_gradient(lambda t: sim_true_divergence(t, distance, c), theta)
-    surrogate = sim_surrogate_gradient(theta, distance, c, sampling_term=False)
+    surrogate = sim_surrogate_gradient(theta, distance, c, sid_alpha=1.0)
     np.testing.assert_allclose(surrogate, frozen, rtol=1e-6)
     # The two divergences' gradients really differ (the sampling term is not negligible) ...
     assert not np.allclose(frozen, full, rtol=0.05)
     # ... and detaching d'(y) gives neither.
-    detached = sim_surrogate_gradient(theta, distance, c, sampling_term=False, detach=True)
+    detached = sim_surrogate_gradient(theta, distance, c, sid_alpha=1.0, detach=True)
     assert not np.allclose(detached, frozen, rtol=0.05)
     assert not np.allclose(detached, full, rtol=0.05)
 
 
 def test_sim_weight_scales_the_gradient():
     theta = np.array([A0, B0])
-    base = sim_surrogate_gradient(theta, "pseudo_huber", 1.0, sampling_term=True)
-    scaled = sim_surrogate_gradient(theta, "pseudo_huber", 1.0, sampling_term=True, weight=0.7)
+    base = sim_surrogate_gradient(theta, "pseudo_huber", 1.0, sid_alpha=0.5)
+    scaled = sim_surrogate_gradient(theta, "pseudo_huber", 1.0, sid_alpha=0.5, weight=0.7)
     np.testing.assert_allclose(scaled, 0.7 * base, rtol=1e-12)
 
 
@@ -336,11 +336,83 @@ def test_sim_values_against_numpy():
         got = dl.sim_generator_loss(x0, eps, sigma, as_denoiser(teacher), as_denoiser(fake), **kw)
         np.testing.assert_allclose(got, expected, rtol=1e-4)
         got = dl.sim_generator_loss(
-            x0, eps, sigma, as_denoiser(teacher), as_denoiser(fake), sampling_term=True, **kw
+            x0, eps, sigma, as_denoiser(teacher), as_denoiser(fake), sid_alpha=0.5, **kw
         )
         np.testing.assert_allclose(got, expected + wt * d, rtol=1e-4)
         value = dl.sim_divergence(sp, sq, distance=distance, c=c, weight=wt)
         np.testing.assert_allclose(value, wt * d, rtol=1e-5)
+
+
+def _sid_denoisers(xp):
+    """A linear (Gaussian-optimal) teacher and a nonlinear fake denoiser, in numpy or jnp."""
+
+    def teacher(x_t, s):
+        s2 = s[:, None] ** 2
+        return (2.0 * x_t + s2 * 0.4) / (2.0 + s2)
+
+    def fake(x_t, s):
+        return x_t / (1.0 + s[:, None] ** 2) + 0.3 * xp.tanh(x_t)
+
+    return teacher, fake
+
+
+def sid_official_loss(x0, eps, sigma, alpha, normaliser=None):
+    """SiD's ``generator_loss`` (``mingyuanzhou/SiD``, ``training/sid_loss.py``) transcribed in
+    numpy: ``Y (x_hat_p - x0 - alpha Y) / mean|x0 - x_hat_p|`` summed per example, ``Y = x_hat_p -
+    x_hat_q`` at ``x_t = x0 + sigma eps``; the normaliser is held (computed without gradient),
+    its floor FastGen's ``+ 1e-6`` (fdiv's, see ``dmd_normalizer``) instead of SiD's clip at 1e-5."""
+    teacher, fake = _sid_denoisers(np)
+    x_t = x0 + sigma[:, None] * eps
+    x_p, x_q = teacher(x_t, sigma), fake(x_t, sigma)
+    y = x_p - x_q
+    if normaliser is None:
+        normaliser = np.mean(np.abs(x0 - x_p), axis=1) + 1e-6
+    return np.sum(y * (x_p - x0 - alpha * y), axis=1) / normaliser
+
+
+@pytest.mark.parametrize("alpha", [1.2, 1.0, 0.5])
+def test_sim_l2_is_twice_sids_official_loss_in_value_and_gradient(alpha):
+    rng = np.random.default_rng(7)
+    x0 = rng.normal(size=(4, 3))
+    eps = rng.normal(size=(4, 3))
+    sigma = np.array([0.05, 0.7, 3.0, 20.0])  # across the range SiD samples
+    teacher, fake = _sid_denoisers(jnp)
+    with jax.enable_x64(True):
+
+        def loss(x):
+            return dl.sim_generator_loss(
+                x, eps, sigma, teacher, fake, distance="l2", sid_alpha=alpha
+            )  # fmt: skip
+
+        value = np.asarray(loss(jnp.asarray(x0)))
+        grad = np.asarray(jax.grad(lambda x: jnp.sum(loss(x)))(jnp.asarray(x0)))
+    x_p = _sid_denoisers(np)[0](x0 + sigma[:, None] * eps, sigma)
+    held = np.mean(np.abs(x0 - x_p), axis=1) + 1e-6
+    np.testing.assert_allclose(value, 2 * sid_official_loss(x0, eps, sigma, alpha), rtol=1e-9)
+    total = lambda x: 2 * np.sum(sid_official_loss(x, eps, sigma, alpha, held))  # noqa: E731
+    np.testing.assert_allclose(grad, central_gradient(total, x0, step=1e-6), rtol=1e-6, atol=1e-8)
+
+
+def test_sim_sid_alpha_may_be_traced_and_one_adds_nothing():
+    rng = np.random.default_rng(3)
+    x0, eps = rng.normal(size=(2, 2, 3)).astype(np.float32)
+    sigma = np.array([0.5, 2.0], np.float32)
+    teacher, fake = _sid_denoisers(jnp)
+    for distance in ("l2", "pseudo_huber"):
+
+        def loss(alpha, distance=distance):
+            return dl.sim_generator_loss(
+                x0, eps, sigma, teacher, fake, distance=distance, sid_alpha=alpha
+            )  # fmt: skip
+
+        traced = jax.jit(loss)
+        np.testing.assert_allclose(traced(1.2), loss(1.2), rtol=1e-6)
+        np.testing.assert_allclose(traced(1.0), loss(1), rtol=1e-6)
+        # The added term is 2 (1 - alpha) d(Y), d = the divergence's integrand at x_t.
+        x_t = x0 + sigma[:, None] * eps
+        d = dl.sim_divergence(teacher(x_t, sigma), fake(x_t, sigma), distance=distance)
+        norm = dl.dmd_normalizer(x0, teacher(x_t, sigma))
+        np.testing.assert_allclose(loss(1.2) - loss(1), -0.4 * d * norm, rtol=1e-4, atol=1e-6)
 
 
 def test_sim_bad_arguments():

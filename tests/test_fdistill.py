@@ -11,6 +11,7 @@ import pytest
 
 from experiments import diffusion_update_share, fdistill
 from fdiv import generators
+from fdiv.losses import diffusion as dl
 from fdiv.train import optim
 
 
@@ -110,6 +111,37 @@ def test_sim_with_a_gan_weight_adds_fdistills_gan_term(tmp_path, stages):
     np.testing.assert_allclose(loss, extra["sim"] + weight * extra["gan"], rtol=1e-6)
 
 
+@pytest.mark.parametrize("alpha", [1.0, 1.2])
+def test_sim_generator_loss_uses_sid_alpha(alpha, tmp_path, stages):
+    """config.sid_alpha reaches the loss: the logged SIM term is sim_generator_loss with that alpha
+    on the same samples, noise and networks (mean over the batch and the 2 coordinates)."""
+    config = small("sim_mog", stages, distance="l2", sid_alpha=alpha)
+    task, setting = fdistill.build_task(config, str(tmp_path))
+    params, model_state = task.init(jax.random.key(0))
+    # The fake score starts as the teacher's copy (Y = 0); move it so that the alpha term is not 0.
+    params = {**params, "fake_score": jax.tree.map(lambda p: 1.05 * p, params["fake_score"])}
+    batch = {"inputs": jnp.zeros((8, 2)), "labels": jnp.zeros((8,), jnp.int32)}
+    generator_update = next(u for u in task.updates if u.name == "generator")
+    key = jax.random.key(3)
+    _, (_, extra) = generator_update.loss(params, model_state, batch, key)
+    run = fdistill.Distillation(config, setting)
+    kz, ks, ke = jax.random.split(key, 3)
+    x = run.generate(params, jax.random.normal(kz, (8, 2)))
+    sigma = fdistill.sample_sigma(ks, 8, config)
+    eps = jax.random.normal(ke, x.shape)
+    expected = dl.sim_generator_loss(
+        x, eps, sigma, lambda x_t, s: run.teacher(params, x_t, s),
+        lambda x_t, s: run.fake(params, x_t, s), distance="l2", sid_alpha=alpha,
+    )  # fmt: skip
+    np.testing.assert_allclose(extra["sim"], jnp.mean(expected) / 2, rtol=1e-5)
+    if alpha != 1.0:  # and the term it adds is not negligible here
+        plain = dl.sim_generator_loss(
+            x, eps, sigma, lambda x_t, s: run.teacher(params, x_t, s),
+            lambda x_t, s: run.fake(params, x_t, s), distance="l2",
+        )  # fmt: skip
+        assert abs(float(jnp.mean(expected - plain))) > 1e-3 * float(jnp.mean(jnp.abs(plain)))
+
+
 def test_generator_and_fake_score_start_as_the_teacher(tmp_path, stages):
     c = small(stages_dir=stages)
     task, setting = fdistill.build_task(c, str(tmp_path))
@@ -199,6 +231,7 @@ def test_score_space_update_puts_its_weight_on_small_noise_levels(tmp_path, stag
         ({"method": "gan"}, r"method='gan' is not one of \['fdistill', 'sim'\]"),
         ({"distance": "l1"}, r"distance='l1' is not one of \['l2', 'pseudo_huber'\]"),
         ({"huber_c": 0.0}, "huber_c=0.0: must be > 0"),
+        ({"sid_alpha": 1.2}, "sid_alpha=1.2 applies to method='sim' only"),
         ({"noise": {"sigma_min": 5.0, "sigma_max": 1.0}}, "need noise.sigma_min < noise.sigma_max"),
         ({"noise": {"distribution": "cosine"}}, "noise.distribution='cosine' is not one of"),
         ({"generator_update": {"space": "eps"}}, "generator_update.space='eps' is not one of"),

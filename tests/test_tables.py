@@ -75,11 +75,11 @@ def _fake_summary(i: int, digits: bool) -> dict:
 def test_diffusion_table_assembles_from_records_without_training(tmp_path, monkeypatch):
     records, out = str(tmp_path / "records"), str(tmp_path / "diffusion.md")
     args = argparse.Namespace(workdir=str(tmp_path / "runs"), records=records, steps=0)
-    parts = ["methods", "cosine", "gan", "gan_ema", "gan_ema_long", "ablations", "digits"]
+    parts = ["methods", *diffusion_table.VARIANTS, "ablations", "digits"]
     jobs, unique = diffusion_table.jobs_of(args, [0, 1], [0], parts)
     # the official ablation row is the JS run of the main table, not a second run
     assert len(unique) == len(jobs) - 1
-    store = _tables.RunRecords(records)
+    store = diffusion_table.run_records(records)
     for i, (_, a) in enumerate(unique):
         module, overrides, seed, _, stages, steps, _, name, keep = a
         config = diffusion_table.make_config(module, overrides, seed, stages, steps)
@@ -143,6 +143,16 @@ def test_diffusion_table_assembles_from_records_without_training(tmp_path, monke
     long_energy = np.mean([0.01 * names.index("seed0/gan_ema_27k_js"), 0.01 * names.index("seed1/gan_ema_27k_js")])  # fmt: skip
     long_row = next(line for line in text.splitlines() if line.startswith("| JS, GAN 0.1, EMA 0.999, 27k updates |"))  # fmt: skip
     assert f"{long_energy:.4f} ±" in long_row
+    # the sid_alpha part: the gan_ema part's SIM runs only, with SiD's alpha
+    sid_names = sorted(n for n in names if "sid_alpha" in n)
+    assert sid_names == [f"seed{s}/gan_ema_sid_alpha_1_2_sim_{d}" for s in (0, 1) for d in ("l2", "pseudo_huber")]  # fmt: skip
+    sid_config = diffusion_table.make_config(*by_name["seed1/gan_ema_sid_alpha_1_2_sim_l2"][:3], "", 0)  # fmt: skip
+    sim_ema_config = diffusion_table.make_config(*by_name["seed1/gan_ema_sim_l2"][:3], "", 0)
+    assert sid_config.sid_alpha == diffusion_table.SID_ALPHA != sim_ema_config.sid_alpha == 1.0
+    sid_config.sid_alpha = 1.0
+    assert sid_config.to_json(sort_keys=True) == sim_ema_config.to_json(sort_keys=True)
+    sid_rows = [line for line in text.splitlines() if "SiD α = 1.2 |" in line]
+    assert [row.split(" |")[0] for row in sid_rows[:2]] == ["| SIM-L2, GAN 0.1, EMA 0.999, SiD α = 1.2", "| SIM-pseudo-Huber, GAN 0.1, EMA 0.999, SiD α = 1.2"]  # fmt: skip
     official = next(line for line in text.splitlines() if line.startswith("| official"))
     assert f"| {0.01 * js_seed0:.4f} ± 0.0000 |" in official
     assert f"took {len(unique)} min of training" in text  # 60 s per recorded run
@@ -156,9 +166,23 @@ def test_diffusion_table_refuses_an_unknown_part(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         diffusion_table.main()
     assert (
-        "unknown --parts ['cosin']; known: methods, cosine, gan, gan_ema, gan_ema_long, ablations, "
-        "digits" in capsys.readouterr().err
+        "unknown --parts ['cosin']; known: methods, cosine, gan, gan_ema, gan_ema_long, sid_alpha, "
+        "ablations, digits" in capsys.readouterr().err
     )
+
+
+def test_run_records_keep_old_records_valid_for_a_field_added_later(tmp_path):
+    """A record written before a config field existed is this config's only while the field holds
+    the value that computes what the record computed."""
+    old = _tables.RunRecords(str(tmp_path))
+    config = _config(divergence="js")
+    del config["sid_alpha"]  # as the config was before the field was added
+    old.put("r", config, {"x": 1.0})
+    store = _tables.RunRecords(str(tmp_path), added_later={"sid_alpha": 1.0})
+    assert "sid_alpha" in _config(divergence="js")
+    assert store.get("r", _config(divergence="js"))["summary"] == {"x": 1.0}
+    assert store.get("r", _config(divergence="js", sid_alpha=1.2)) is None
+    assert _tables.RunRecords(str(tmp_path)).get("r", _config(divergence="js")) is None
 
 
 def test_run_records_refuse_nothing_silently(tmp_path):

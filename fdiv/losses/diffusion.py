@@ -33,7 +33,7 @@ differences on Gaussian teachers and generators:
   (a positive per-sample scale): a different weighting of the noise levels, the same fixed point.
 - SIM: the surrogate ``d'(y)^T (s_psi(x_t) + eps / sigma)`` has the gradient of
   ``E_{x_t ~ pi}[d(s_p - s_q_theta)]`` with the *sampling* distribution ``pi`` held at the current
-  ``q_t``; ``sampling_term=True`` adds ``d(y)`` for the full gradient with ``q_t`` moving too.
+  ``q_t``; ``sid_alpha=1/2`` adds ``d(y)`` for the full gradient with ``q_t`` moving too.
   In x0-space the distance acts on ``Y = sigma^2 y`` (see :func:`sim_generator_loss`).
 """
 
@@ -489,7 +489,7 @@ def sim_generator_loss(
     space: str = "x0",
     normalize: bool = True,
     weight: ArrayLike | None = None,
-    sampling_term: bool = False,
+    sid_alpha: float = 1.0,
 ) -> jax.Array:
     r"""Score implicit matching (SIM) generator loss, per example, with SiD's weighting by default.
 
@@ -498,8 +498,9 @@ def sim_generator_loss(
     ``Y = x_hat_p - x_hat_q = sigma^2 (s_p - s_psi)`` and ``x_hat_q - x0 = sigma^2 (s_psi +
     eps / sigma)`` (Tweedie; ``-eps / sigma = grad log q_t(x_t | x0)``):
 
-        ``space="x0"`` (default):   ``L = w d'(Y)^T (x_hat_q - x0)``   (+ ``w d(Y)``)
-        ``space="score"``:          ``L = w d'(y)^T (s_psi + eps / sigma)``, ``y = Y / sigma^2``
+        ``space="x0"`` (default):   ``L = w [d'(Y)^T (x_hat_q - x0) + 2 (1 - alpha) d(Y)]``
+        ``space="score"``:          ``L = w [d'(y)^T (s_psi + eps / sigma) + 2 (1 - alpha) d(y)]``,
+                                    ``y = Y / sigma^2``, ``alpha = sid_alpha``
 
     with ``w = 1 / mean|x0 - x_hat_p|`` per sample (:func:`dmd_normalizer`; off with
     ``normalize=False``) times ``weight``. ``d = ||.||^2``, ``d' = 2 .`` (``"l2"``) or the
@@ -509,9 +510,13 @@ def sim_generator_loss(
     ``d_sigma(y) = d(sigma^2 y)`` has ``d_sigma'(y) = sigma^2 d'(sigma^2 y) = sigma^2 d'(Y)``, so
     its surrogate ``d_sigma'(y)^T (s_psi + eps / sigma) = d'(Y)^T (x_hat_q - x0)``: the x0 form.
     For ``"l2"``, ``d_sigma(y) = sigma^4 ||y||^2``: the score-space L2 weighted by ``sigma^4``,
-    which is SiD's loss with ``alpha = 1``: SiD (``sid_loss.py``) minimises
-    ``Y^T ((x_hat_p - x0) - alpha Y) / mean|x0 - x_hat_p|``, half of this with ``alpha = 1``
-    (``sampling_term=True`` gives twice SiD's ``alpha = 1/2``). For ``"pseudo_huber"``,
+    which is SiD's loss: SiD (``sid_loss.py``) minimises
+    ``Y^T ((x_hat_p - x0) - alpha Y) / mean|x0 - x_hat_p| = [Y^T (x_hat_q - x0) + (1 - alpha)
+    ||Y||^2] / mean|x0 - x_hat_p|``, half of ``L`` for every ``alpha``. SIM is ``alpha = 1`` (the
+    default); SiD's official ``alpha = 1.2`` (chosen there for stability; 1.0 on AFHQ) subtracts
+    ``0.4 d(Y)`` differentiated through ``x_t``. For ``"pseudo_huber"`` the same
+    ``2 (1 - alpha) d`` is added (pseudo-Huber is ``||Y||^2 / (2c)`` for small ``Y``, where the
+    two losses agree up to the factor ``1 / (2c)``). For ``"pseudo_huber"``,
     ``d_sigma(y) = sigma^2 (sqrt(||y||^2 + (c / sigma^2)^2) - c / sigma^2)``: SIM's pseudo-Huber
     with constant ``c / sigma^2``, weighted by ``sigma^2``; ``c`` is in the data's units. Both
     are per-noise-level SIM divergences (``d_sigma(0) = 0``, minimised only at ``y = 0``), so the
@@ -524,10 +529,12 @@ def sim_generator_loss(
     both networks, through ``x0`` and through ``d'`` (detaching ``d'`` gives a wrong gradient).
     With ``x_hat_q`` exact at the current theta:
 
-    - ``sampling_term=False`` (the SIM paper): ``grad_theta E[L]`` is the gradient of
+    - ``sid_alpha=1`` (the SIM paper): ``grad_theta E[L]`` is the gradient of
       ``E_{x_t ~ pi}[w d(...)]`` with the sampling distribution ``pi`` held at the current ``q_t``.
-    - ``sampling_term=True``: adds ``w d(...)`` differentiated through ``x_t`` with the networks
-      held: the full gradient of ``E_{x_t ~ q_t}[w d(...)]`` with ``q_t`` moving too.
+    - ``sid_alpha=1/2``: adds ``w d(...)`` differentiated through ``x_t`` with the networks
+      held: the full gradient of ``E_{x_t ~ q_t}[w d(...)]`` with ``q_t`` moving too. Other
+      values interpolate or extrapolate between the two (SiD's 1.2: the sampling term's
+      gradient subtracted, 0.4 times).
 
     Args:
       x0: ``[B, ...]`` generator samples. eps: ``[B, ...]`` standard normal noise. sigma: ``[B]`` or
@@ -537,7 +544,7 @@ def sim_generator_loss(
       space: ``"x0"`` (SiD's weighting, the default) or ``"score"`` (unit weight on scores).
       normalize: multiply by ``1 / mean|x0 - x_hat_p|`` (held constant).
       weight: ``[B]`` or scalar extra weight, held constant; ``None`` for 1.
-      sampling_term: add ``d`` (see above).
+      sid_alpha: SiD's ``alpha`` (see above); 1 (SIM) adds no term. May be traced.
     Returns:
       ``[B]``.
 
@@ -563,8 +570,9 @@ def sim_generator_loss(
         y, inner = y / jnp.square(s), inner / jnp.square(s)
     value, d_prime = _distance_and_derivative(y, distance, c)
     loss = _sum_trailing(d_prime * inner)
-    if sampling_term:
-        loss = loss + value
+    # alpha = 1 (a Python number) skips the term, so SIM's default computes exactly what it did.
+    if not (isinstance(sid_alpha, (int, float)) and sid_alpha == 1):
+        loss = loss + 2.0 * (1.0 - _compute(sid_alpha, dtype)) * value
     if normalize:
         loss = loss * dmd_normalizer(x0, x_hat_p)
     if weight is not None:
