@@ -12,7 +12,8 @@ ablation table switches off one piece of the official update at a time for ``ABL
 ``cosine``, ``gan``, ``gan_ema`` and ``gan_ema_long`` parts repeat every method and seed with a
 named deviation (:data:`VARIANTS`: the generator's learning rate decayed; the GAN weight at the
 mixture's scale; that again, evaluated on an EMA of the generator's weights; that trained 3x
-longer); the figure shows seed 0's 5,000 evaluation samples of every method over the true
+longer), the ``sid_alpha`` part SIM's rows of ``gan_ema`` with SiD's official alpha (beside
+``sid_alpha_base``, the same runs at SIM's alpha = 1 on the same teachers); the figure shows seed 0's 5,000 evaluation samples of every method over the true
 density's contours.
 """
 
@@ -143,22 +144,34 @@ VARIANTS = {
         "configs, not the previous part's runs continued.",
     ),
 }
-# SiD's official alpha (sid_loss.py; SIM's gradient is alpha = 1), for the SIM rows only.
+# SiD's official alpha (sid_loss.py; SIM's gradient is alpha = 1), for the SIM rows only, and its
+# pair: the same runs at alpha = 1 on the same machine and teachers (the gan_ema records may come
+# from another machine, whose rounding makes other realisations of the same config).
 SID_ALPHA = 1.2
+SIM_ROWS = ("SIM-L2", "SIM-pseudo-Huber")
+VARIANTS["sid_alpha_base"] = Variant(
+    f"GAN {GAN_WEIGHT:g}, EMA {EMA_DECAY:g}, SiD α = 1",
+    "gan_ema_sid_alpha_1_",
+    GAN_EMA,
+    f"SIM at α = 1 again (GAN weight {GAN_WEIGHT:g}, EMA {EMA_DECAY:g}): the next part's pair",
+    "The `gan_ema` part's SIM runs (α = 1, SIM's own gradient) trained again beside the next "
+    "part's, with the same teachers on the same machine (`machine` in each record), so that the "
+    "two parts differ in α alone. Where the `gan_ema` records were made on another machine, "
+    "these are other realisations of the same configs (teachers differ in the sixth digit).",
+    SIM_ROWS,
+)
 VARIANTS["sid_alpha"] = Variant(
     f"GAN {GAN_WEIGHT:g}, EMA {EMA_DECAY:g}, SiD α = {SID_ALPHA:g}",
     f"gan_ema_sid_alpha_{slug(f'{SID_ALPHA:g}')}_",
     {**GAN_EMA, "sid_alpha": SID_ALPHA},
     f"SIM with SiD's α = {SID_ALPHA:g} (GAN weight {GAN_WEIGHT:g}, EMA {EMA_DECAY:g})",
-    f"The `gan_ema` part's SIM runs with `sid_alpha={SID_ALPHA:g}`, SiD's official value "
+    f"The previous part's runs with `sid_alpha={SID_ALPHA:g}`, SiD's official value "
     "(`sid_loss.py`; 1.0 on AFHQ), where SIM's own gradient is α = 1: the generator loss "
     f"gains `2 (1 − α) d(Y) = −{2 * (SID_ALPHA - 1):g} d(Y)` differentiated through `x_t`, the "
     "sampling distribution's share of the divergence's gradient subtracted (α = ½ would add it "
-    "whole; `fdiv.losses.diffusion.sim_generator_loss`). 9,000 updates as in `gan_ema`; "
-    "compare its SIM rows. Trained on the machine in the records' `machine` field; where that "
-    "is not the `gan_ema` records' machine the teachers differ in the sixth digit, so the seeds "
-    "are other realisations, not paired runs.",
-    ("SIM-L2", "SIM-pseudo-Huber"),
+    "whole; `fdiv.losses.diffusion.sim_generator_loss`). 9,000 updates, the same teachers and "
+    "machine as the previous part: seed for seed, the two differ in α alone.",
+    SIM_ROWS,
 )
 # Config fields added after records were written, at the value that computes what they computed
 # (RunRecords.added_later): the old records stay valid.

@@ -144,13 +144,17 @@ def test_diffusion_table_assembles_from_records_without_training(tmp_path, monke
     long_row = next(line for line in text.splitlines() if line.startswith("| JS, GAN 0.1, EMA 0.999, 27k updates |"))  # fmt: skip
     assert f"{long_energy:.4f} ±" in long_row
     # the sid_alpha part: the gan_ema part's SIM runs only, with SiD's alpha
-    sid_names = sorted(n for n in names if "sid_alpha" in n)
+    sid_names = sorted(n for n in names if "sid_alpha_1_2" in n)
     assert sid_names == [f"seed{s}/gan_ema_sid_alpha_1_2_sim_{d}" for s in (0, 1) for d in ("l2", "pseudo_huber")]  # fmt: skip
+    # and its pair at alpha = 1: the gan_ema config under another name (trained again)
+    pair = diffusion_table.make_config(*by_name["seed1/gan_ema_sid_alpha_1_sim_l2"][:3], "", 0)
+    assert len([n for n in names if "sid_alpha_1_sim" in n]) == 4
     sid_config = diffusion_table.make_config(*by_name["seed1/gan_ema_sid_alpha_1_2_sim_l2"][:3], "", 0)  # fmt: skip
     sim_ema_config = diffusion_table.make_config(*by_name["seed1/gan_ema_sim_l2"][:3], "", 0)
     assert sid_config.sid_alpha == diffusion_table.SID_ALPHA != sim_ema_config.sid_alpha == 1.0
     sid_config.sid_alpha = 1.0
     assert sid_config.to_json(sort_keys=True) == sim_ema_config.to_json(sort_keys=True)
+    assert pair.to_json(sort_keys=True) == sim_ema_config.to_json(sort_keys=True)
     sid_rows = [line for line in text.splitlines() if "SiD α = 1.2 |" in line]
     assert [row.split(" |")[0] for row in sid_rows[:2]] == ["| SIM-L2, GAN 0.1, EMA 0.999, SiD α = 1.2", "| SIM-pseudo-Huber, GAN 0.1, EMA 0.999, SiD α = 1.2"]  # fmt: skip
     official = next(line for line in text.splitlines() if line.startswith("| official"))
@@ -166,8 +170,8 @@ def test_diffusion_table_refuses_an_unknown_part(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         diffusion_table.main()
     assert (
-        "unknown --parts ['cosin']; known: methods, cosine, gan, gan_ema, gan_ema_long, sid_alpha, "
-        "ablations, digits" in capsys.readouterr().err
+        "unknown --parts ['cosin']; known: methods, cosine, gan, gan_ema, gan_ema_long, "
+        "sid_alpha_base, sid_alpha, ablations, digits" in capsys.readouterr().err
     )
 
 
