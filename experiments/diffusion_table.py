@@ -173,6 +173,8 @@ VARIANTS["sid_alpha"] = Variant(
     "machine as the previous part: seed for seed, the two differ in α alone.",
     SIM_ROWS,
 )
+# Every part of the table, in the document's order (the default --parts).
+PARTS = ["methods", *VARIANTS, "ablations", "digits"]
 # Config fields added after records were written, at the value that computes what they computed
 # (RunRecords.added_later): the old records stay valid.
 ADDED_LATER = {"sid_alpha": 1.0}
@@ -465,7 +467,7 @@ def main() -> None:
     parser.add_argument("--records", default="results/diffusion_runs", help="committed per-run records (see _tables.RunRecords)")  # fmt: skip
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--ablation_seeds", default="0")
-    parser.add_argument("--parts", default="methods,cosine,gan,gan_ema,ablations,digits")
+    parser.add_argument("--parts", default=",".join(PARTS))
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--only", default="", help="run (or read back) only the records whose name contains this; write no table")  # fmt: skip
     parser.add_argument(
@@ -476,9 +478,8 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     ablation_seeds = [int(s) for s in args.ablation_seeds.split(",")]
     parts = args.parts.split(",")
-    known = ["methods", *VARIANTS, "ablations", "digits"]
-    if unknown := [p for p in parts if p not in known]:
-        parser.error(f"unknown --parts {unknown}; known: {', '.join(known)}")
+    if unknown := [p for p in parts if p not in PARTS]:
+        parser.error(f"unknown --parts {unknown}; known: {', '.join(PARTS)}")
     jobs, unique = jobs_of(args, seeds, ablation_seeds, parts)
     if args.only:
         unique = [(k, a) for k, a in unique if args.only in a[7]]

@@ -75,7 +75,7 @@ def _fake_summary(i: int, digits: bool) -> dict:
 def test_diffusion_table_assembles_from_records_without_training(tmp_path, monkeypatch):
     records, out = str(tmp_path / "records"), str(tmp_path / "diffusion.md")
     args = argparse.Namespace(workdir=str(tmp_path / "runs"), records=records, steps=0)
-    parts = ["methods", *diffusion_table.VARIANTS, "ablations", "digits"]
+    parts = diffusion_table.PARTS
     jobs, unique = diffusion_table.jobs_of(args, [0, 1], [0], parts)
     # the official ablation row is the JS run of the main table, not a second run
     assert len(unique) == len(jobs) - 1

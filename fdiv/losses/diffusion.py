@@ -513,7 +513,7 @@ def sim_generator_loss(
     which is SiD's loss: SiD (``sid_loss.py``) minimises
     ``Y^T ((x_hat_p - x0) - alpha Y) / mean|x0 - x_hat_p| = [Y^T (x_hat_q - x0) + (1 - alpha)
     ||Y||^2] / mean|x0 - x_hat_p|``, half of ``L`` for every ``alpha``. SIM is ``alpha = 1`` (the
-    default); SiD's official ``alpha = 1.2`` (chosen there for stability; 1.0 on AFHQ) subtracts
+    default); SiD's official ``alpha = 1.2`` (its default; 1.0 for AFHQ) subtracts
     ``0.4 d(Y)`` differentiated through ``x_t``. For ``"pseudo_huber"`` the same
     ``2 (1 - alpha) d`` is added (pseudo-Huber is ``||Y||^2 / (2c)`` for small ``Y``, where the
     two losses agree up to the factor ``1 / (2c)``). For ``"pseudo_huber"``,
