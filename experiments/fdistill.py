@@ -53,6 +53,7 @@ GRAD_SHARE_SIGMA = 1.0  # generator/grad_share_sigma_lt_1: the share of |update|
 # Ranges beyond experiments._checks.RULES.
 FIELD_RULES = {
     "huber_c": _checks.greater(0),
+    "sid_alpha": _checks.ANY,  # SiD's alpha: any finite value (1 = SIM, 1/2 = the full gradient)
     "sigma_data": _checks.greater(0),
     "generator.init_sigma": _checks.greater(0),
     "generator.ema_decay": _checks.interval(0, 1, "[)"),  # 0: evaluate the raw weights
