@@ -13,8 +13,8 @@ ablation table switches off one piece of the official update at a time for ``ABL
 named deviation (:data:`VARIANTS`: the generator's learning rate decayed; the GAN weight at the
 mixture's scale; that again, evaluated on an EMA of the generator's weights; that trained 3x
 longer), the ``sid_alpha`` part SIM's rows of ``gan_ema`` with SiD's official alpha (beside
-``sid_alpha_base``, the same runs at SIM's alpha = 1 on the same teachers); the figure shows seed 0's 5,000 evaluation samples of every method over the true
-density's contours.
+``sid_alpha_base``, the same runs at SIM's alpha = 1 on the same teachers); the figure shows seed
+0's 5,000 evaluation samples of every method over the true density's contours.
 """
 
 from __future__ import annotations
@@ -148,7 +148,7 @@ VARIANTS = {
 # pair: the same runs at alpha = 1 on the same machine and teachers (the gan_ema records may come
 # from another machine, whose rounding makes other realisations of the same config).
 SID_ALPHA = 1.2
-SIM_ROWS = ("SIM-L2", "SIM-pseudo-Huber")
+SIM_ROWS = tuple(label for label, module, _ in METHODS if module == "configs.sim_mog")
 VARIANTS["sid_alpha_base"] = Variant(
     f"GAN {GAN_WEIGHT:g}, EMA {EMA_DECAY:g}, SiD α = 1",
     "gan_ema_sid_alpha_1_",

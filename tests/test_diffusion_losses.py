@@ -356,17 +356,21 @@ def _sid_denoisers(xp):
     return teacher, fake
 
 
-def sid_official_loss(x0, eps, sigma, alpha, normaliser=None):
+def sid_official_loss(x0, eps, sigma, alpha, held_at=None):
     """SiD's ``generator_loss`` (``mingyuanzhou/SiD``, ``training/sid_loss.py``) transcribed in
     numpy: ``Y (x_hat_p - x0 - alpha Y) / mean|x0 - x_hat_p|`` summed per example, ``Y = x_hat_p -
-    x_hat_q`` at ``x_t = x0 + sigma eps``; the normaliser is held (computed without gradient),
-    its floor FastGen's ``+ 1e-6`` (fdiv's, see ``dmd_normalizer``) instead of SiD's clip at 1e-5."""
+    x_hat_q`` at ``x_t = x0 + sigma eps``; the normaliser is held (computed without gradient; at
+    ``held_at`` instead of ``x0`` if given, for finite differences), its floor FastGen's ``+ 1e-6`` (fdiv's, see ``dmd_normalizer``) instead of SiD's clip at 1e-5."""
     teacher, fake = _sid_denoisers(np)
-    x_t = x0 + sigma[:, None] * eps
-    x_p, x_q = teacher(x_t, sigma), fake(x_t, sigma)
+
+    def denoised(x):
+        x_t = x + sigma[:, None] * eps
+        return teacher(x_t, sigma), fake(x_t, sigma)
+
+    x_p, x_q = denoised(x0)
     y = x_p - x_q
-    if normaliser is None:
-        normaliser = np.mean(np.abs(x0 - x_p), axis=1) + 1e-6
+    h, h_p = (x0, x_p) if held_at is None else (held_at, denoised(held_at)[0])
+    normaliser = np.mean(np.abs(h - h_p), axis=1) + 1e-6
     return np.sum(y * (x_p - x0 - alpha * y), axis=1) / normaliser
 
 
@@ -386,10 +390,8 @@ def test_sim_l2_is_twice_sids_official_loss_in_value_and_gradient(alpha):
 
         value = np.asarray(loss(jnp.asarray(x0)))
         grad = np.asarray(jax.grad(lambda x: jnp.sum(loss(x)))(jnp.asarray(x0)))
-    x_p = _sid_denoisers(np)[0](x0 + sigma[:, None] * eps, sigma)
-    held = np.mean(np.abs(x0 - x_p), axis=1) + 1e-6
     np.testing.assert_allclose(value, 2 * sid_official_loss(x0, eps, sigma, alpha), rtol=1e-9)
-    total = lambda x: 2 * np.sum(sid_official_loss(x, eps, sigma, alpha, held))  # noqa: E731
+    total = lambda x: 2 * np.sum(sid_official_loss(x, eps, sigma, alpha, held_at=x0))  # noqa: E731
     np.testing.assert_allclose(grad, central_gradient(total, x0, step=1e-6), rtol=1e-6, atol=1e-8)
 
 

@@ -85,6 +85,19 @@ def test_sim_is_finite_for_its_first_100_steps(distance, tmp_path, stages):
     assert np.isfinite(summary["eval/mmd"])
 
 
+def generator_step(config, task, setting, params, model_state, batch, key):
+    """The generator update's loss and metrics at ``params``, and the mixture samples ``x``, noise
+    levels and noise its loss drew from ``key``, redrawn the same way (``generator_loss``)."""
+    update = next(u for u in task.updates if u.name == "generator")
+    loss, (_, extra) = update.loss(params, model_state, batch, key)
+    run = fdistill.Distillation(config, setting)
+    kz, ks, ke = jax.random.split(key, 3)
+    n = batch["inputs"].shape[0]
+    x = run.generate(params, jax.random.normal(kz, (n, 2)))
+    sigma = fdistill.sample_sigma(ks, n, config)
+    return loss, extra, run, x, sigma, jax.random.normal(ke, x.shape)
+
+
 def test_sim_with_a_gan_weight_adds_fdistills_gan_term(tmp_path, stages):
     """gan_weight > 0 on SIM (a deviation; SiD has none): a discriminator is built and trained with
     the fake score, and the generator's loss is the SIM loss plus gan_weight * mean softplus(-D)."""
@@ -97,15 +110,10 @@ def test_sim_with_a_gan_weight_adds_fdistills_gan_term(tmp_path, stages):
     critic = next(u for u in task.updates if u.name == "critic")
     _, (_, critic_metrics) = critic.loss(params, model_state, batch, jax.random.key(1))
     assert "discriminator" in critic_metrics
-    generator_update = next(u for u in task.updates if u.name == "generator")
-    key = jax.random.key(3)
-    loss, (_, extra) = generator_update.loss(params, model_state, batch, key)
+    step = generator_step(config, task, setting, params, model_state, batch, jax.random.key(3))
+    loss, extra, run, x, sigma, eps = step
     # The GAN loss by hand from the discriminator's logits on the same noisy samples.
-    run = fdistill.Distillation(config, setting)
-    kz, ks, ke = jax.random.split(key, 3)
-    x = run.generate(params, jax.random.normal(kz, (8, 2)))
-    sigma = fdistill.sample_sigma(ks, 8, config)
-    x_t = x + sigma[:, None] * jax.random.normal(ke, x.shape)
+    x_t = x + sigma[:, None] * eps
     logit = np.asarray(run.logits(params, x_t, sigma), np.float64)
     np.testing.assert_allclose(extra["gan"], np.mean(np.logaddexp(0.0, -logit)), rtol=1e-5)
     np.testing.assert_allclose(loss, extra["sim"] + weight * extra["gan"], rtol=1e-6)
@@ -121,24 +129,18 @@ def test_sim_generator_loss_uses_sid_alpha(alpha, tmp_path, stages):
     # The fake score starts as the teacher's copy (Y = 0); move it so that the alpha term is not 0.
     params = {**params, "fake_score": jax.tree.map(lambda p: 1.05 * p, params["fake_score"])}
     batch = {"inputs": jnp.zeros((8, 2)), "labels": jnp.zeros((8,), jnp.int32)}
-    generator_update = next(u for u in task.updates if u.name == "generator")
-    key = jax.random.key(3)
-    _, (_, extra) = generator_update.loss(params, model_state, batch, key)
-    run = fdistill.Distillation(config, setting)
-    kz, ks, ke = jax.random.split(key, 3)
-    x = run.generate(params, jax.random.normal(kz, (8, 2)))
-    sigma = fdistill.sample_sigma(ks, 8, config)
-    eps = jax.random.normal(ke, x.shape)
-    expected = dl.sim_generator_loss(
-        x, eps, sigma, lambda x_t, s: run.teacher(params, x_t, s),
-        lambda x_t, s: run.fake(params, x_t, s), distance="l2", sid_alpha=alpha,
-    )  # fmt: skip
+    step = generator_step(config, task, setting, params, model_state, batch, jax.random.key(3))
+    _, extra, run, x, sigma, eps = step
+
+    def sim(a):
+        teacher = lambda x_t, s: run.teacher(params, x_t, s)  # noqa: E731
+        fake = lambda x_t, s: run.fake(params, x_t, s)  # noqa: E731
+        return dl.sim_generator_loss(x, eps, sigma, teacher, fake, distance="l2", sid_alpha=a)
+
+    expected = sim(alpha)
     np.testing.assert_allclose(extra["sim"], jnp.mean(expected) / 2, rtol=1e-5)
     if alpha != 1.0:  # and the term it adds is not negligible here
-        plain = dl.sim_generator_loss(
-            x, eps, sigma, lambda x_t, s: run.teacher(params, x_t, s),
-            lambda x_t, s: run.fake(params, x_t, s), distance="l2",
-        )  # fmt: skip
+        plain = sim(1.0)
         assert abs(float(jnp.mean(expected - plain))) > 1e-3 * float(jnp.mean(jnp.abs(plain)))
 
 
